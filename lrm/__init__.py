@@ -1,0 +1,23 @@
+"""openlrm-demo: a small, faithful, fast re-implementation of OpenLRM (single image -> 3D) for inference.
+
+Shape letters used throughout: N batch, M views, L tokens, D/C channels, H/W spatial, S image size, P points, R rays.
+
+    import lrm
+    model = lrm.load_model("zxhezexin/openlrm-mix-base-1.1")
+    image = lrm.image_to_tensor(pil_image, model.infer_defaults.source_size)
+    planes = model.forward_planes(image, lrm.source_camera())          # [1, 3, C, 64, 64]
+    frames = model.render(planes, lrm.orbit_cameras(8)[None], 192)    # {"rgb": [1, 8, 3, 192, 192], ...}
+"""
+
+from .camera import get_rays, orbit_cameras, source_camera
+from .config import InferDefaults, LRMConfig
+from .hub import (RELEASED_MODELS, CheckpointError, convert_state_dict, export_state_dict, load_model,
+                  read_checkpoint, save_pretrained)
+from .model import LRM
+from .preprocess import image_to_tensor
+
+__all__ = [
+    "LRM", "LRMConfig", "InferDefaults", "CheckpointError", "RELEASED_MODELS",
+    "load_model", "read_checkpoint", "save_pretrained", "convert_state_dict", "export_state_dict",
+    "image_to_tensor", "source_camera", "orbit_cameras", "get_rays",
+]

@@ -1,0 +1,117 @@
+"""The model configuration (exactly the checkpoint's constructor kwargs) and the inference defaults.
+
+`LRMConfig` mirrors the 12 keyword arguments that OpenLRM v1.1 writes to `config.json` and v1.0 stores in
+`model.pth['kwargs']['model']` (v1.0 has no `encoder_type`; it is always DINO there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+# Constructor defaults of the reference (`ModelLRM.__init__` / `LRMGenerator.__init__`): a checkpoint may omit these.
+_OPTIONAL = {
+    "encoder_freeze": True,
+    "encoder_type": "dino",
+    "encoder_model_name": "facebook/dino-vitb16",
+    "encoder_feat_dim": 768,
+}
+
+
+@dataclass(frozen=True)
+class LRMConfig:
+    camera_embed_dim: int
+    rendering_samples_per_ray: int
+    transformer_dim: int
+    transformer_layers: int
+    transformer_heads: int
+    triplane_low_res: int
+    triplane_high_res: int
+    triplane_dim: int
+    # Same order as the released config.json files.
+    encoder_type: str = "dino"
+    encoder_model_name: str = "facebook/dino-vitb16"
+    encoder_feat_dim: int = 768
+    encoder_freeze: bool = True
+
+    @classmethod
+    def from_dict(cls, kwargs: Mapping[str, Any]) -> "LRMConfig":
+        """Build from checkpoint kwargs; unknown or missing keys raise `ValueError` naming them."""
+        if not isinstance(kwargs, Mapping):
+            raise ValueError(f"model config must be a JSON object / dict, got {type(kwargs).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        missing = sorted(names - set(kwargs) - set(_OPTIONAL))
+        if unknown or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unknown:
+                parts.append(f"unknown keys {unknown}")
+            raise ValueError(
+                "This is not an OpenLRM model config: " + "; ".join(parts)
+                + ". Expected the constructor kwargs of an OpenLRM checkpoint (config.json of a v1.1 release or "
+                "model.pth['kwargs']['model'] of v1.0)."
+            )
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """The v1.1 `config.json` content (same key order as the released files)."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        for name in ("camera_embed_dim", "rendering_samples_per_ray", "transformer_dim", "transformer_layers",
+                     "transformer_heads", "triplane_low_res", "triplane_high_res", "triplane_dim", "encoder_feat_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
+        if self.transformer_dim % self.transformer_heads:
+            raise ValueError(f"transformer_dim {self.transformer_dim} is not divisible by "
+                             f"transformer_heads {self.transformer_heads}")
+        if self.triplane_high_res != 2 * self.triplane_low_res:
+            # The upsampler is a stride-2 transposed convolution: high_res is always twice low_res.
+            raise ValueError(f"triplane_high_res ({self.triplane_high_res}) must be 2 x triplane_low_res "
+                             f"({self.triplane_low_res})")
+        if self.rendering_samples_per_ray < 4:
+            raise ValueError("rendering_samples_per_ray must be at least 4 (half coarse, half importance)")
+        if self.encoder_type.lower() not in ("dino", "dinov2"):
+            raise ValueError(f"encoder_type must be 'dino' or 'dinov2', got {self.encoder_type!r}")
+
+
+@dataclass(frozen=True)
+class InferDefaults:
+    """Inference settings that go with a checkpoint (v1.0 stores some in `model.pth`, v1.1 in `configs/infer-*.yaml`)."""
+    source_size: int = 224
+    render_size: int = 192
+    samples_per_ray: int = 96
+    source_cam_dist: float = 2.0
+    render_views: int = 160
+    render_fps: int = 40
+    mesh_size: int = 384
+    mesh_threshold: float = 3.0
+
+
+# OpenLRM v1.1.1 `configs/infer-{s,b,l}.yaml`, keyed by transformer_dim (the size that tells the released models apart).
+_V11_SIZES = {512: (224, 192), 768: (336, 288), 1024: (448, 384)}
+# v1.0 checkpoints carry `kwargs['infer']`; when absent, the model card's render resolution by transformer size.
+_V10_SIZES = {(768, 12): (224, 192), (1024, 12): (224, 192), (1024, 16): (224, 384)}
+
+
+def infer_defaults_for(config: LRMConfig, stored: Mapping[str, Any] | None = None,
+                       release: str = "1.1") -> InferDefaults:
+    """The reference's inference settings for `config`, overridden by what the checkpoint stores."""
+    if release == "1.0":
+        source, render = _V10_SIZES.get((config.transformer_dim, config.transformer_layers), (224, 192))
+    else:
+        source, render = _V11_SIZES.get(config.transformer_dim, (224, 192))
+    values: dict[str, Any] = dict(source_size=source, render_size=render,
+                                  samples_per_ray=config.rendering_samples_per_ray)
+    for key in ("source_size", "render_size", "source_cam_dist", "render_views", "render_fps", "mesh_size"):
+        if stored and stored.get(key) is not None:
+            values[key] = type(getattr(InferDefaults, key))(stored[key])
+    if stored and stored.get("mesh_thres") is not None:
+        values["mesh_threshold"] = float(stored["mesh_thres"])
+    return InferDefaults(**values)

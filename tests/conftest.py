@@ -1,0 +1,22 @@
+"""Test settings: never touch the network (each Hub miss would otherwise wait ~23 s), never need a GPU."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REFCHECK = FIXTURES / "refcheck"
+REFCHECK_MODELS = ("refcheck-tiny-1.1", "refcheck-tiny-eq-1.1", "refcheck-tiny-1.0", "refcheck-tiny-eq-1.0")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The refcheck-tiny-1.1 fixture model (loaded once)."""
+    import lrm
+    return lrm.load_model(REFCHECK / "refcheck-tiny-1.1" / "model")
