@@ -65,3 +65,36 @@ def extract_mesh(model: LRM, planes: Tensor, resolution: int = 384, threshold: f
         vertices = vertices / (resolution - 1) * 2 - 1
         colors = vertex_colors(model, planes, vertices)
     return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors)
+
+
+# Triplane world (z up, the input camera on -y looking along +y) -> glTF (y up, the viewer on +z looking along -z):
+# x stays x, z becomes y, -y becomes z. A proper rotation (-90 degrees about x), so faces keep their outward winding.
+WORLD_TO_GLTF = np.array([[1, 0, 0, 0],
+                          [0, 0, 1, 0],
+                          [0, -1, 0, 0],
+                          [0, 0, 0, 1]], dtype=np.float64)
+
+MESH_FORMATS = ("glb", "obj", "ply")
+
+
+def export_mesh(mesh, path) -> "Path":
+    """Write a mesh as .glb, .obj or .ply (by suffix), with vertex colours.
+
+    GLB and OBJ are rotated into the glTF convention (y up, the input view facing the viewer on +z) so they open the
+    right way up in any viewer; PLY stays in the reference's frame (z up), as OpenLRM writes it. Marching cubes on a
+    density that is higher inside gives outward-facing triangles; the rotation keeps them so.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in MESH_FORMATS:
+        raise ValueError(f"unsupported mesh format {path.suffix!r}; use one of {', '.join(MESH_FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "ply":
+        mesh.export(path)  # binary little-endian, float xyz + uchar RGBA, like the reference
+    else:
+        rotated = mesh.copy()
+        rotated.apply_transform(WORLD_TO_GLTF)
+        rotated.export(path)
+    return path

@@ -1,12 +1,213 @@
-"""Images in: the reference's image -> tensor conversion (and, later, background removal and recentring)."""
+"""Images in: open anything PIL reads, remove the background, recentre the object; and the reference's image -> tensor.
+
+`preprocess` returns a square RGBA image with the object centred and scaled so that its bounding box fills
+`foreground_ratio` of the side (the reference app: rembg + recentre on a 512 px canvas). Background removal uses rembg
+with one reused session; when rembg's model cannot be obtained (offline) it falls back to the image's own alpha,
+else to OpenCV GrabCut seeded from the image border, with a warning.
+"""
 
 from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
+
+ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray]
+
+MIN_SIDE = 16                 # smaller images hold no usable object
+MAX_PIXELS = 64_000_000       # refuse decompression-bomb sized images (PIL's own limit warns at 89 M pixels)
+ALPHA_THRESHOLD = 127         # alpha above this is foreground for the bounding box
+
+
+class ImageError(ValueError):
+    """The image cannot be used; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB or RGBA (8 bit), keeping transparency where the image has it."""
+    if image.mode in ("RGB", "RGBA"):
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # High bit depth greyscale: scale the actual range to 8 bit (a plain convert would clip at 255).
+        a = np.asarray(image, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255
+        return Image.fromarray(a.round().astype(np.uint8), "L").convert("RGB")
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    if image.mode == "CMYK":
+        return image.convert("RGB")
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Open a path / PIL image / uint8 array as RGB or RGBA: EXIF rotation applied, first frame of animations."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ImageError(f"an image array must be uint8 HxW, HxWx3 or HxWx4, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path} is empty (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                opened = Image.open(path)  # reads the header only
+                if opened.width * opened.height <= MAX_PIXELS:
+                    opened.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(f"{path} is too large to process safely; use an image under "
+                             f"{MAX_PIXELS // 1_000_000} megapixels") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise ImageError(f"{path} is not an image PIL can read ({type(err).__name__}); use a PNG, JPEG or "
+                             "WebP file") from None
+        image = opened
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)  # animated GIF / WebP / APNG: the first frame
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"the image is too large ({width}x{height}); use one under {MAX_PIXELS // 1_000_000} "
+                         "megapixels")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"the image is too small ({width}x{height}); use one at least {MIN_SIDE} px on each side")
+    image = ImageOps.exif_transpose(image) or image
+    return _to_rgb_or_rgba(image)
+
+
+def has_meaningful_alpha(image: Image.Image) -> bool:
+    """True when an RGBA image's alpha actually separates something (not all opaque, not all transparent)."""
+    if image.mode != "RGBA":
+        return False
+    lo, hi = image.getchannel("A").getextrema()
+    return lo < 255 and hi > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Background removal
+
+
+class BackgroundRemover:
+    """rembg with one session created on first use; falls back to GrabCut when rembg's model is unavailable.
+
+    The rembg model is `u2net` unless LRM_REMBG_MODEL names another rembg session; LRM_REMBG_MODEL_PATH points
+    at a local ONNX file (used as rembg's `u2net_custom`), e.g. on a machine without network.
+    """
+
+    def __init__(self, model_name: str | None = None, model_path: str | None = None):
+        self.model_name = model_name or os.environ.get("LRM_REMBG_MODEL", "u2net")
+        self.model_path = model_path or os.environ.get("LRM_REMBG_MODEL_PATH")
+        self._session = None
+        self.unavailable: str | None = None  # why rembg cannot be used, once known
+
+    def session(self):
+        if self._session is None and self.unavailable is None:
+            try:
+                import rembg  # noqa: F401  (exits the process without onnxruntime: SystemExit, caught below)
+                if self.model_path:
+                    # rembg only accepts custom models inside its home folder; make the file's folder the home.
+                    os.environ["U2NET_HOME"] = str(Path(self.model_path).resolve().parent)
+                    self._session = rembg.new_session("u2net_custom", model_path=str(Path(self.model_path).resolve()))
+                else:
+                    self._session = rembg.new_session(self.model_name)
+            except (Exception, SystemExit) as err:  # offline download failure, missing onnxruntime, bad file
+                self.unavailable = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+        return self._session
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        """RGB(A) image -> RGBA with the background transparent."""
+        session = self.session()
+        if session is not None:
+            import rembg
+            return rembg.remove(image.convert("RGB"), session=session).convert("RGBA")
+        warnings.warn(f"rembg's background-removal model is unavailable ({self.unavailable}); using GrabCut "
+                      "seeded from the image border instead. For better cut-outs, give the image an alpha channel "
+                      "or make rembg's model available (see README).", RuntimeWarning, stacklevel=2)
+        return grabcut_foreground(image)
+
+
+def grabcut_foreground(image: Image.Image, work_size: int = 320, iterations: int = 5) -> Image.Image:
+    """Foreground by OpenCV GrabCut, with a border band marked as background -> RGBA."""
+    import cv2
+
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    scale = min(1.0, work_size / max(h, w))
+    small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    sh, sw = small.shape[:2]
+    band = max(2, round(0.03 * max(sh, sw)))
+    mask = np.full((sh, sw), cv2.GC_PR_FGD, np.uint8)
+    mask[:band], mask[-band:], mask[:, :band], mask[:, -band:] = cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    fg = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8) * 255
+    alpha = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
+    return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+
+
+_DEFAULT_REMOVER: BackgroundRemover | None = None
+
+
+def default_remover() -> BackgroundRemover:
+    global _DEFAULT_REMOVER
+    if _DEFAULT_REMOVER is None:
+        _DEFAULT_REMOVER = BackgroundRemover()
+    return _DEFAULT_REMOVER
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Recentring
+
+
+def recenter(image: Image.Image, foreground_ratio: float = 0.85, size: int = 512) -> Image.Image:
+    """RGBA -> size x size RGBA with the alpha bounding box centred and its longer side = foreground_ratio * size."""
+    if not 0.1 <= foreground_ratio <= 1.0:
+        raise ValueError(f"foreground_ratio must be in [0.1, 1], got {foreground_ratio}")
+    alpha = np.asarray(image.getchannel("A"))
+    ys, xs = np.nonzero(alpha > ALPHA_THRESHOLD)
+    if len(xs) == 0:
+        raise ImageError("no foreground found: the image is fully transparent or background removal left nothing. "
+                         "Use an image with a clearly visible object, or turn background removal off.")
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    crop = image.crop(box)
+    scale = foreground_ratio * size / max(crop.size)
+    new_size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
+    crop = crop.resize(new_size, Image.Resampling.LANCZOS)
+    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    canvas.paste(crop, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
+    return canvas
+
+
+def preprocess(image: ImageInput, remove_background: bool = True, foreground_ratio: float = 0.85,
+               size: int = 512, remover: BackgroundRemover | None = None) -> Image.Image:
+    """Any image (path, PIL, uint8 array) -> square RGBA, object centred at `foreground_ratio` of the side.
+
+    Background removal is skipped when the image already has a meaningful alpha channel; with
+    remove_background=False an image without alpha is only recentred as a whole (fully opaque).
+    Raises `ImageError` for unreadable, empty, too small, too large or fully transparent images.
+    """
+    image = load_image(image)
+    if image.mode == "RGBA" and image.getchannel("A").getextrema()[1] == 0:
+        raise ImageError("the image is fully transparent; there is nothing to reconstruct")
+    if not has_meaningful_alpha(image):
+        image = (remover or default_remover())(image) if remove_background else image.convert("RGBA")
+    return recenter(image, foreground_ratio, size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model's input
 
 
 def image_to_tensor(image: Image.Image, size: int) -> Tensor:
@@ -15,8 +216,7 @@ def image_to_tensor(image: Image.Image, size: int) -> Tensor:
     RGBA is composited over white (rgb * a + 1 - a), then resized with bicubic `align_corners=True` (no antialiasing;
     a non-square image is squashed, as the reference does) and clamped to [0, 1].
     """
-    if image.mode not in ("RGB", "RGBA"):
-        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+    image = _to_rgb_or_rgba(image)
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0) / 255.0  # (1, 3|4, H, W)
     if x.shape[1] == 4:
         x = x[:, :3] * x[:, 3:] + (1 - x[:, 3:])

@@ -12,6 +12,8 @@ import pytest  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFCHECK = FIXTURES / "refcheck"
+# rembg runs its real code path on a tiny local "red = foreground" ONNX model, never downloading anything.
+os.environ["LRM_REMBG_MODEL_PATH"] = str(FIXTURES / "rembg" / "red_segmenter.onnx")
 REFCHECK_MODELS = ("refcheck-tiny-1.1", "refcheck-tiny-eq-1.1", "refcheck-tiny-1.0", "refcheck-tiny-eq-1.0")
 
 

@@ -1,0 +1,61 @@
+"""Orbit video: render the planes around the object and write a browser-playable H.264 (yuv420p) MP4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .camera import orbit_cameras
+from .model import LRM
+
+
+def video_cameras(n_views: int, radius: float = 2.0, height: float = 0.8) -> Tensor:
+    """The reference's v1.1 orbit cameras for n_views distinct frames -> [n_views, 25].
+
+    OpenLRM's `linspace` orbit repeats its first view at the end, which shows as a stutter when the video loops;
+    here the orbit is built for n_views + 1 and the duplicate is dropped, so every frame is distinct.
+    """
+    return orbit_cameras(n_views + 1, radius, height)[:-1]
+
+
+def to_uint8(rgb: Tensor) -> np.ndarray:
+    """Frames [M, 3, H, W] in [0, 1] -> uint8 [M, H, W, 3], truncating like the reference's video writer."""
+    return (rgb.permute(0, 2, 3, 1).float().cpu().numpy() * 255).astype(np.uint8)
+
+
+def render_video(model: LRM, planes: Tensor, path: str | Path, n_views: int = 100, fps: int = 25,
+                 size: int | None = None, *, batch_views: int = 4,
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+    """Render `n_views` frames of the orbit at size x size (default: the model's render size) into an MP4.
+
+    Frames are rendered `batch_views` at a time and streamed to the encoder, so memory does not grow with n_views.
+    `progress(done, total)` is called after each frame.
+    """
+    import imageio.v2 as imageio
+
+    size = size or model.infer_defaults.render_size
+    if size % 2:
+        raise ValueError(f"video frame size must be even for H.264 yuv420p, got {size}")
+    if n_views < 1 or fps < 1:
+        raise ValueError(f"n_views and fps must be positive, got {n_views} and {fps}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cameras = video_cameras(n_views).to(planes.device)
+    writer = imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", quality=8,
+                                macro_block_size=2, ffmpeg_log_level="error",
+                                ffmpeg_params=["-movflags", "+faststart"])
+    try:
+        with torch.inference_mode():
+            for start in range(0, n_views, batch_views):
+                views = cameras[start:start + batch_views]
+                report = None if progress is None else (lambda done, _, s=start: progress(s + done, n_views))
+                rgb = model.render_views(planes, views, size, progress=report)["rgb"]
+                for frame in to_uint8(rgb):
+                    writer.append_data(frame)
+    finally:
+        writer.close()
+    return path

@@ -1,0 +1,282 @@
+"""Outputs: preprocessing of every image kind, mesh files (GLB/OBJ/PLY), the MP4, the one-call job and the CLI."""
+
+import re
+import subprocess
+import sys
+import warnings
+
+import imageio.v2 as imageio
+import imageio_ffmpeg
+import mcubes
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+import lrm
+from lrm.mesh import WORLD_TO_GLTF, export_mesh, extract_mesh
+from lrm.pipeline import reconstruct
+from lrm.preprocess import BackgroundRemover, ImageError, grabcut_foreground, preprocess
+from lrm.video import render_video, video_cameras
+
+from conftest import REFCHECK
+
+TINY = REFCHECK / "refcheck-tiny-1.1" / "model"
+
+
+def disc_image(size=200, color=(220, 30, 30), background=(255, 255, 255), radius=0.25, center=(0.5, 0.5)):
+    """A filled disc on a plain background, as uint8 RGB."""
+    yy, xx = np.mgrid[:size, :size] / size
+    inside = (xx - center[0]) ** 2 + (yy - center[1]) ** 2 < radius ** 2
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = background
+    img[inside] = color
+    return img, inside
+
+
+def foreground_box(image):
+    ys, xs = np.nonzero(np.asarray(image.getchannel("A")) > 127)
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+def assert_centred(image, ratio=0.85, size=512):
+    assert image.mode == "RGBA" and image.size == (size, size)
+    x0, y0, x1, y1 = foreground_box(image)
+    assert max(x1 - x0, y1 - y0) == pytest.approx(ratio * size, abs=3)
+    assert (x0 + x1) / 2 == pytest.approx(size / 2, abs=2) and (y0 + y1) / 2 == pytest.approx(size / 2, abs=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def rgba_disc(size=200, center=(0.3, 0.6)):
+    rgb, inside = disc_image(size, color=(40, 120, 200), center=center)
+    return Image.fromarray(np.dstack([rgb, inside.astype(np.uint8) * 255]), "RGBA")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_modes_with_alpha_are_recentred_without_background_removal(mode, tmp_path):
+    image = rgba_disc().convert(mode)
+    path = tmp_path / "in.png"
+    image.save(path)
+    out = preprocess(path, remove_background=True, remover=lambda _: pytest.fail("alpha must be used"))
+    assert_centred(out)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "CMYK", "I;16"])
+def test_modes_without_alpha_go_through_rembg(mode, tmp_path):
+    rgb, _ = disc_image(center=(0.35, 0.55))
+    image = Image.fromarray(rgb)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
+        assert image.mode == "I;16"
+    else:
+        image = image.convert(mode)
+    suffix = ".jpg" if mode == "CMYK" else ".tif" if mode == "I;16" else ".png"
+    image.save(tmp_path / f"in{suffix}")
+    out = preprocess(tmp_path / f"in{suffix}")  # rembg with the red-segmenter test model (conftest)
+    if mode in ("RGB", "P", "CMYK"):  # colour kept: the red disc is found and centred
+        assert_centred(out)
+        assert np.asarray(out)[256, 256, 0] > 150
+    else:  # greyscale: no red anywhere, rembg's min-max normalised mask still keeps something; it is recentred
+        assert out.size == (512, 512) and out.mode == "RGBA"
+
+
+def test_exif_rotation_and_animation_first_frame(tmp_path):
+    rgb, _ = disc_image(size=200, center=(0.25, 0.5))
+    wide = Image.fromarray(np.concatenate([rgb, np.full((200, 100, 3), 255, np.uint8)], axis=1))  # 300 x 200
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    wide.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    from lrm.preprocess import load_image
+    assert load_image(tmp_path / "rotated.jpg").size == (200, 300)
+    frames = [rgba_disc(center=(0.3, 0.3)), rgba_disc(center=(0.7, 0.7))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, disposal=2)
+    first = load_image(tmp_path / "anim.gif")
+    box = foreground_box(first) if first.mode == "RGBA" else None
+    assert box is not None and box[0] < 100  # the first frame's disc, left/top
+    assert_centred(preprocess(tmp_path / "anim.gif"))
+
+
+def test_arrays_and_foreground_ratio():
+    rgb, inside = disc_image()
+    rgba = np.dstack([rgb, inside.astype(np.uint8) * 255])
+    assert_centred(preprocess(rgba, foreground_ratio=0.6), ratio=0.6)
+    with pytest.raises(ValueError, match="foreground_ratio"):
+        preprocess(rgba, foreground_ratio=1.5)
+
+
+def test_bad_inputs(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        preprocess(tmp_path / "empty.png")
+    (tmp_path / "text.png").write_text("this is not an image")
+    with pytest.raises(ImageError, match="not an image"):
+        preprocess(tmp_path / "text.png")
+    with pytest.raises(ImageError, match="no such file"):
+        preprocess(tmp_path / "missing.png")
+    Image.new("RGB", (8, 300)).save(tmp_path / "small.png")
+    with pytest.raises(ImageError, match="too small"):
+        preprocess(tmp_path / "small.png")
+    Image.new("1", (9000, 9000)).save(tmp_path / "huge.png")  # 81 megapixels in a few kB
+    with pytest.raises(ImageError, match="too large"):
+        preprocess(tmp_path / "huge.png")
+    Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    with pytest.raises(ImageError, match="fully transparent"):
+        preprocess(tmp_path / "clear.png")
+    with pytest.raises(ImageError, match="no foreground"):
+        preprocess(Image.new("RGB", (64, 64)), remover=lambda im: im.convert("RGBA").point(lambda _: 0))
+
+
+def test_grabcut_fallback_when_rembg_model_is_unavailable():
+    remover = BackgroundRemover(model_path="/nonexistent/folder/u2net.onnx")
+    rgb, inside = disc_image(size=160, color=(30, 160, 60), background=(235, 235, 240), radius=0.3)
+    with pytest.warns(RuntimeWarning, match="GrabCut"):
+        out = preprocess(Image.fromarray(rgb), remover=remover)
+    assert remover.unavailable is not None
+    assert_centred(out)
+    # the cut-out itself: GrabCut's alpha agrees with the disc
+    alpha = np.asarray(grabcut_foreground(Image.fromarray(rgb)).getchannel("A")) > 127
+    assert (alpha == inside).mean() > 0.97
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Meshes
+
+
+def sphere_mesh(center=(0.0, -0.3, 0.2), radii=(0.3, 0.3, 0.6), n=48):
+    """An ellipsoid, tall along world z (up) and shifted to the front (-y), through marching cubes like extract_mesh."""
+    g = np.linspace(-1, 1, n)
+    x, y, z = np.meshgrid(g, g, g, indexing="ij")
+    r = np.sqrt(((x - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + ((z - center[2]) / radii[2]) ** 2)
+    v, f = mcubes.marching_cubes(10 * (1 - r), 0.0)  # density higher inside, like the LRM field
+    v = v / (n - 1) * 2 - 1
+    colors = np.concatenate([((v + 1) / 2 * 255).astype(np.uint8), np.full((len(v), 1), 255, np.uint8)], 1)
+    return trimesh.Trimesh(v, f, vertex_colors=colors)
+
+
+@pytest.mark.parametrize("fmt", ["glb", "obj", "ply"])
+def test_mesh_files_reopen_with_colours_upright_and_outward(fmt, tmp_path):
+    mesh = sphere_mesh()
+    path = export_mesh(mesh, tmp_path / f"m.{fmt}")
+    back = trimesh.load(path, force="mesh", process=False)
+    assert len(back.vertices) == len(mesh.vertices) and len(back.faces) == len(mesh.faces)
+    assert back.visual.kind == "vertex"
+    assert np.abs(back.visual.vertex_colors[:, :3].astype(int) - mesh.visual.vertex_colors[:, :3]).max() <= 1
+    extent = back.bounds[1] - back.bounds[0]
+    center = back.bounds.mean(0)
+    if fmt == "ply":  # reference frame: tall along z, front at -y
+        assert np.argmax(extent) == 2 and center[1] < -0.2
+    else:  # glTF frame: tall along y (up), front at +z (towards the viewer)
+        assert np.argmax(extent) == 1 and center[2] > 0.2 and center[1] > 0.1
+        assert np.allclose(back.vertices, trimesh.transform_points(mesh.vertices, WORLD_TO_GLTF), atol=1e-5)
+    # outward normals: positive enclosed volume and normals pointing away from the centre
+    assert back.volume > 0
+    assert ((back.triangles_center - back.centroid) * back.face_normals).sum(1).mean() > 0
+
+
+def test_ply_matches_reference_format(tmp_path):
+    import json
+    meta = json.loads((REFCHECK / "refcheck-tiny-1.1" / "out" / "meta.json").read_text())
+    planes = torch.from_numpy(np.load(REFCHECK / "refcheck-tiny-1.1" / "out" / "intermediates.npz")["planes"])
+    mesh = extract_mesh(lrm.load_model(TINY), planes, meta["mesh_size"], meta["mesh_threshold"])
+    path = export_mesh(mesh, tmp_path / "mesh.ply")
+    ours, theirs = path.read_bytes(), (REFCHECK / "refcheck-tiny-1.1" / "out" / "mesh.ply").read_bytes()
+    head = ours[: ours.index(b"end_header")].decode().strip().splitlines()
+    assert head == meta["ply_header"] == theirs[: theirs.index(b"end_header")].decode().strip().splitlines()
+    assert len(ours) == len(theirs)
+    assert trimesh.load(path, process=False).faces.tolist() == trimesh.load(
+        REFCHECK / "refcheck-tiny-1.1" / "out" / "mesh.ply", process=False).faces.tolist()
+    with pytest.raises(ValueError, match="unsupported mesh format"):
+        export_mesh(mesh, tmp_path / "mesh.stl")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Video
+
+
+def video_info(path):
+    out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                         capture_output=True, text=True).stderr
+    return re.search(r"Video: (\w+).*?, (\w+)\(?.*?, (\d+)x(\d+)", out).groups()
+
+
+def test_video_is_browser_playable_h264(tiny_model, tmp_path):
+    planes = torch.from_numpy(np.load(REFCHECK / "refcheck-tiny-1.1" / "out" / "intermediates.npz")["planes"])
+    calls = []
+    path = render_video(tiny_model, planes, tmp_path / "orbit.mp4", n_views=12, fps=10, size=48,
+                        progress=lambda done, total: calls.append((done, total)))
+    codec, pix_fmt, w, h = video_info(path)
+    assert (codec, pix_fmt, int(w), int(h)) == ("h264", "yuv420p", 48, 48)
+    assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == 12
+    assert calls[-1] == (12, 12) and len(calls) == 12
+    # the frames are the renders of the orbit, in order (lossy codec on a noise-like random field: compare by PSNR)
+    renders = tiny_model.render_views(planes, video_cameras(12), 48)["rgb"].permute(0, 2, 3, 1).numpy() * 255
+    reader = imageio.get_reader(path)
+    for i in (0, 5):
+        frame = reader.get_data(i).astype(float)
+        psnr = [10 * np.log10(255 ** 2 / ((frame - r) ** 2).mean()) for r in renders]
+        assert int(np.argmax(psnr)) == i and psnr[i] > 20
+    with pytest.raises(ValueError, match="even"):
+        render_video(tiny_model, planes, tmp_path / "odd.mp4", n_views=2, size=47)
+
+
+def test_video_orbit_has_no_duplicate_frame():
+    cams = video_cameras(8)
+    assert cams.shape == (8, 25)
+    assert torch.allclose(cams[0], lrm.orbit_cameras(9)[0])
+    positions = cams[:, [3, 7, 11]]
+    gaps = (positions - positions.roll(-1, 0)).norm(dim=1)
+    assert torch.allclose(gaps, gaps[0].expand_as(gaps), atol=1e-5)  # evenly spaced, last -> first included
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole job and the CLI
+
+
+def test_reconstruct_writes_everything_with_timings(tiny_model, tmp_path):
+    stages = []
+    result = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", tmp_path, name="disc",
+                         mesh_resolution=24, n_views=4, video_size=32,
+                         progress=lambda stage, fraction: stages.append((stage, fraction)))
+    assert set(result.files) == {"png", "glb", "obj", "ply", "mp4"} and all(p.exists() for p in result.files.values())
+    assert set(result.timings) == {"preprocess", "planes", "mesh", "video"}
+    assert list(dict.fromkeys(s for s, f in stages if f == 1.0)) == ["preprocess", "planes", "mesh", "video"]
+    assert all(0 <= f <= 1 for _, f in stages)
+    assert result.planes.shape == (1, 3, 8, 16, 16) and len(result.mesh.vertices) > 0
+    assert Image.open(result.files["png"]).size == (512, 512)
+    nothing = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", None, mesh_resolution=0, video=False)
+    assert nothing.files == {} and nothing.mesh is None
+
+
+def test_cli_processes_folder_and_reports_broken_input(tmp_path, capsys):
+    from lrm.__main__ import main
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    rgba_disc().save(src / "good.png")
+    Image.fromarray(disc_image()[0]).save(src / "sub" / "red.jpg")
+    (src / "broken.png").write_bytes(b"\x89PNG but not really")
+    (src / "notes.txt").write_text("ignored")
+    code = main([str(src), "--model", str(TINY), "--out", str(tmp_path / "out"), "--mesh-resolution", "16",
+                 "--views", "3", "--video-size", "32", "--formats", "glb,ply"])
+    out = capsys.readouterr()
+    assert code == 1
+    assert "FAILED" in out.out + out.err and "broken.png" in out.out + out.err
+    for name in ("good", "sub/red"):
+        for ext in ("glb", "ply", "mp4"):
+            assert (tmp_path / "out" / f"{name}.{ext}").is_file()
+        assert not (tmp_path / "out" / f"{name}.obj").exists()
+    assert "2/3 done" in out.out
+
+
+def test_cli_module_entry_point_and_model_error(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "lrm", str(REFCHECK / "inputs" / "disc_rgba.png"), "--model", str(TINY),
+                         "--out", str(tmp_path), "--mesh-resolution", "16", "--no-video"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "disc_rgba.glb").is_file() and not (tmp_path / "disc_rgba.mp4").exists()
+    bad = subprocess.run([sys.executable, "-m", "lrm", str(REFCHECK / "inputs" / "disc_rgba.png"), "--model",
+                          "nobody/nothing", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "cannot load model" in bad.stderr and "Traceback" not in bad.stderr
