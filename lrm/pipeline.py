@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from PIL import Image
@@ -14,7 +14,7 @@ from torch import Tensor
 from .camera import source_camera
 from .mesh import MESH_FORMATS, export_mesh, extract_mesh
 from .model import LRM
-from .preprocess import BackgroundRemover, ImageInput, image_to_tensor, preprocess
+from .preprocess import BackgroundRemover, ImageInput, image_to_tensor, load_image, preprocess
 from .video import render_video
 
 # progress(stage, fraction): stage is one of STAGES, fraction in [0, 1] within that stage.
@@ -24,8 +24,8 @@ STAGES = ("preprocess", "planes", "mesh", "video")
 
 @dataclass
 class Reconstruction:
-    image: Image.Image                     # the preprocessed RGBA input
-    planes: Tensor                         # [1, 3, C, H, W]
+    image: Image.Image | None              # the preprocessed RGBA input
+    planes: Tensor | None                  # [1, 3, C, H, W]
     mesh: object | None                    # trimesh.Trimesh (triplane frame, z up) or None
     files: dict[str, Path] = field(default_factory=dict)   # "png", "glb", "obj", "ply", "mp4" -> path
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
@@ -45,26 +45,39 @@ def _timed(timings: dict[str, float], stage: str):
     return _Timer()
 
 
-def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None, *, name: str = "model",
-                remove_background: bool = True, foreground_ratio: float = 0.85, source_distance: float = 2.0,
-                mesh_resolution: int | None = None, threshold: float | None = None,
-                formats: Iterable[str] = MESH_FORMATS, video: bool = True, n_views: int = 100, fps: int = 25,
-                video_size: int | None = None, remover: BackgroundRemover | None = None,
-                progress: Progress | None = None) -> Reconstruction:
-    """Run the whole job on one image.
+def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None, **options) -> Reconstruction:
+    """Run the whole job on one image and return the finished `Reconstruction`.
 
     Args:
         model: a loaded `LRM`.
-        image: a path, PIL image or uint8 array.
+        image: a path, PIL image or uint8 array; with preprocessed=True, the output of `lrm.preprocess` (used as is).
         out_dir: where to write `<name>_input.png`, `<name>.{glb,obj,ply}` and `<name>.mp4`; None writes nothing
             (the mesh and planes are still returned).
-        mesh_resolution, threshold: marching-cubes grid and density level (default: the model's, 384 and 3.0);
-            mesh_resolution=0 skips the mesh.
-        formats: mesh files to write (any of "glb", "obj", "ply").
-        video, n_views, fps, video_size: the orbit video (default size: the model's render size).
-        progress: called as progress(stage, fraction) while working.
+        **options: see `reconstruct_steps` (name, remove_background, foreground_ratio, source_distance,
+            mesh_resolution, threshold, formats, video, n_views, fps, video_size, remover, preprocessed, progress).
     Returns:
         `Reconstruction` with the preprocessed image, planes, mesh, written files and per-stage seconds.
+    """
+    result = None
+    for _, result in reconstruct_steps(model, image, out_dir, **options):
+        pass
+    return result
+
+
+def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None = None, *, name: str = "model",
+                      remove_background: bool = True, foreground_ratio: float = 0.85, source_distance: float = 2.0,
+                      mesh_resolution: int | None = None, threshold: float | None = None,
+                      formats: Iterable[str] = MESH_FORMATS, video: bool = True, n_views: int = 100, fps: int = 25,
+                      video_size: int | None = None, remover: BackgroundRemover | None = None,
+                      preprocessed: bool = False, progress: Progress | None = None
+                      ) -> Iterator[tuple[str, Reconstruction]]:
+    """`reconstruct`, yielding (stage, partial result) after each finished stage, so callers can show the mesh
+    before the video is done.
+
+    mesh_resolution, threshold: marching-cubes grid and density level (default: the model's, 384 and 3.0);
+    mesh_resolution=0 skips the mesh. formats: mesh files to write (any of "glb", "obj", "ply"). video, n_views,
+    fps, video_size: the orbit video (default size: the model's render size). progress(stage, fraction) is called
+    while working.
     """
     formats = [f.lower().lstrip(".") for f in formats]
     unknown = sorted(set(formats) - set(MESH_FORMATS))
@@ -75,40 +88,41 @@ def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None
     mesh_resolution = defaults.mesh_size if mesh_resolution is None else mesh_resolution
     threshold = defaults.mesh_threshold if threshold is None else threshold
     out = Path(out_dir) if out_dir is not None else None
-    timings: dict[str, float] = {}
-    files: dict[str, Path] = {}
+    result = Reconstruction(image=None, planes=None, mesh=None)
 
     report("preprocess", 0.0)
-    with _timed(timings, "preprocess"):
-        pre = preprocess(image, remove_background=remove_background, foreground_ratio=foreground_ratio,
-                         remover=remover)
+    with _timed(result.timings, "preprocess"):
+        result.image = load_image(image) if preprocessed else preprocess(
+            image, remove_background=remove_background, foreground_ratio=foreground_ratio, remover=remover)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        files["png"] = out / f"{name}_input.png"
-        pre.save(files["png"])
+        result.files["png"] = out / f"{name}_input.png"
+        result.image.save(result.files["png"])
     report("preprocess", 1.0)
+    yield "preprocess", result
 
     report("planes", 0.0)
-    with _timed(timings, "planes"), torch.inference_mode():
-        x = image_to_tensor(pre, defaults.source_size)
-        planes = model.forward_planes(x, source_camera(source_distance))
+    with _timed(result.timings, "planes"), torch.inference_mode():
+        x = image_to_tensor(result.image, defaults.source_size)
+        result.planes = model.forward_planes(x, source_camera(source_distance))
     report("planes", 1.0)
+    yield "planes", result
 
-    mesh = None
     if mesh_resolution:
         report("mesh", 0.0)
-        with _timed(timings, "mesh"):
-            mesh = extract_mesh(model, planes, mesh_resolution, threshold,
-                                progress=lambda done, total: report("mesh", 0.9 * done / total))
+        with _timed(result.timings, "mesh"):
+            result.mesh = extract_mesh(model, result.planes, mesh_resolution, threshold,
+                                       progress=lambda done, total: report("mesh", 0.9 * done / total))
             if out is not None:
                 for fmt in formats:
-                    files[fmt] = export_mesh(mesh, out / f"{name}.{fmt}")
+                    result.files[fmt] = export_mesh(result.mesh, out / f"{name}.{fmt}")
         report("mesh", 1.0)
+        yield "mesh", result
 
     if video and out is not None:
         report("video", 0.0)
-        with _timed(timings, "video"):
-            files["mp4"] = render_video(model, planes, out / f"{name}.mp4", n_views, fps, video_size,
-                                        progress=lambda done, total: report("video", done / total))
+        with _timed(result.timings, "video"):
+            result.files["mp4"] = render_video(model, result.planes, out / f"{name}.mp4", n_views, fps, video_size,
+                                               progress=lambda done, total: report("video", done / total))
         report("video", 1.0)
-    return Reconstruction(pre, planes, mesh, files, timings)
+        yield "video", result

@@ -1,0 +1,186 @@
+"""Procedural 3D objects: unions of 1-3 primitives with analytic signed distance, colour and shading; rendered views.
+
+Everything is deterministic by seed and needs no download. Objects live in the triplane world ([-1, 1]^3, z up)
+and are rendered with OpenLRM's camera conventions (`lrm.camera`). The colour field bakes a fixed world light into
+the albedo (Lambert is view-independent), so input views, supervision views and 3D colour targets agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..camera import get_rays, look_at_origin, render_cameras, source_camera
+
+KINDS = ("sphere", "box", "rounded_box", "cylinder", "cone", "torus", "capsule")
+LIGHT = F.normalize(torch.tensor([-0.45, -0.8, 0.6]), dim=0)  # from the front-left, above
+AMBIENT, DIFFUSE = 0.45, 0.55
+EXTENT = 0.8  # objects stay inside [-EXTENT, EXTENT]^3
+
+
+def _length2(x: Tensor, y: Tensor) -> Tensor:
+    return torch.sqrt(x * x + y * y)
+
+
+def primitive_sdf(kind: str, p: Tensor, a: float, b: float, c: float) -> Tensor:
+    """Signed distance (a lower bound for the cone) of a primitive in its local frame; p [P, 3] -> [P].
+
+    Sizes: sphere (a = radius); box / rounded box (a, b, c = half extents); cylinder, capsule, cone (a = radius,
+    b = half height along z); torus (a = ring radius, b = tube radius).
+    """
+    x, y, z = p.unbind(-1)
+    if kind == "sphere":
+        return p.norm(dim=-1) - a
+    if kind in ("box", "rounded_box"):
+        r = 0.3 * min(a, b, c) if kind == "rounded_box" else 0.0
+        q = p.abs() - torch.tensor([a - r, b - r, c - r])
+        return q.clamp_min(0).norm(dim=-1) + q.max(-1).values.clamp_max(0) - r
+    if kind == "cylinder":
+        dx, dz = _length2(x, y) - a, z.abs() - b
+        return torch.minimum(torch.maximum(dx, dz), torch.zeros_like(dx)) + _length2(dx.clamp_min(0), dz.clamp_min(0))
+    if kind == "capsule":
+        return (p - torch.stack([torch.zeros_like(z), torch.zeros_like(z), z.clamp(-b, b)], -1)).norm(dim=-1) - a
+    if kind == "cone":  # base radius a at z = -b, apex at z = +b: intersection of the slanted side and the base plane
+        side = (_length2(x, y) * 2 * b - a * (b - z)) / math.hypot(2 * b, a)
+        return torch.maximum(side, -z - b)
+    if kind == "torus":
+        return _length2(_length2(x, y) - a, z) - b
+    raise ValueError(f"unknown primitive {kind!r}")
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q = rng.normal(size=4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+@dataclass
+class Primitive:
+    kind: str
+    size: tuple[float, float, float]
+    rotation: Tensor        # [3, 3] local -> world
+    center: Tensor          # [3]
+    colors: Tensor          # [2, 3] albedo: top half (local z > 0), bottom half; equal for a solid colour
+
+    def sdf(self, p: Tensor) -> Tensor:
+        return primitive_sdf(self.kind, self.local(p), *self.size)
+
+    def local(self, p: Tensor) -> Tensor:
+        return (p - self.center) @ self.rotation  # R^T (p - c) for row vectors
+
+    def albedo(self, p: Tensor) -> Tensor:
+        top = (self.local(p)[:, 2] > 0).unsqueeze(-1)
+        return torch.where(top, self.colors[0], self.colors[1])
+
+    def radius(self) -> float:
+        """Bounding-sphere radius in the local frame."""
+        a, b, c = self.size
+        return {"sphere": a, "box": math.sqrt(a * a + b * b + c * c), "rounded_box": math.sqrt(a * a + b * b + c * c),
+                "cylinder": math.hypot(a, b), "capsule": a + b, "cone": math.hypot(a, b), "torus": a + b}[self.kind]
+
+
+def _random_color(rng: np.random.Generator) -> np.ndarray:
+    # saturated-ish colours that stay visible on white: HSV with s in [0.5, 1], v in [0.35, 0.95]
+    h, s, v = rng.uniform(0, 1), rng.uniform(0.5, 1.0), rng.uniform(0.35, 0.95)
+    i, f = int(h * 6) % 6, h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
+
+
+def random_primitive(rng: np.random.Generator, kind: str | None = None, scale: float = 1.0) -> Primitive:
+    kind = kind or KINDS[rng.integers(len(KINDS))]
+    u = lambda lo, hi: float(rng.uniform(lo, hi)) * scale  # noqa: E731
+    size = {"sphere": (u(0.3, 0.55), 0.0, 0.0), "box": (u(0.2, 0.5), u(0.2, 0.5), u(0.2, 0.5)),
+            "rounded_box": (u(0.25, 0.5), u(0.25, 0.5), u(0.25, 0.5)), "cylinder": (u(0.2, 0.4), u(0.2, 0.5), 0.0),
+            "capsule": (u(0.15, 0.3), u(0.15, 0.35), 0.0), "cone": (u(0.25, 0.45), u(0.25, 0.5), 0.0),
+            "torus": (u(0.3, 0.45), u(0.08, 0.16), 0.0)}[kind]
+    top = _random_color(rng)
+    bottom = top if rng.uniform() < 0.5 else _random_color(rng)
+    prim = Primitive(kind, size, torch.tensor(_random_rotation(rng), dtype=torch.float32), torch.zeros(3),
+                     torch.tensor(np.stack([top, bottom]), dtype=torch.float32))
+    room = max(0.0, EXTENT - prim.radius())
+    prim.center = torch.tensor(rng.uniform(-1, 1, 3) * min(room, 0.35), dtype=torch.float32)
+    return prim
+
+
+class Shape:
+    """A union of primitives with analytic occupancy, albedo and shaded colour."""
+
+    def __init__(self, primitives: list[Primitive]):
+        self.primitives = primitives
+
+    @classmethod
+    def random(cls, seed: int, kind: str | None = None) -> "Shape":
+        rng = np.random.default_rng(seed)
+        n = 1 if kind else int(rng.integers(1, 4))
+        scale = 1.0 if n == 1 else 0.8
+        return cls([random_primitive(rng, kind if i == 0 else None, scale) for i in range(n)])
+
+    @property
+    def kind(self) -> str:
+        return "+".join(p.kind for p in self.primitives)
+
+    def sdf(self, p: Tensor) -> Tensor:
+        """p [P, 3] -> signed distance [P] (negative inside)."""
+        return torch.stack([prim.sdf(p) for prim in self.primitives]).min(0).values
+
+    def normal(self, p: Tensor, eps: float = 1e-3) -> Tensor:
+        offsets = torch.eye(3) * eps
+        grad = torch.stack([self.sdf(p + o) - self.sdf(p - o) for o in offsets], -1)
+        return F.normalize(grad, dim=-1)
+
+    def color(self, p: Tensor) -> Tensor:
+        """Shaded colour [P, 3] in [0, 1]: the albedo of the nearest primitive under the fixed world light."""
+        d = torch.stack([prim.sdf(p) for prim in self.primitives])  # (K, P)
+        nearest = d.argmin(0)
+        albedo = torch.zeros(p.shape[0], 3)
+        for k, prim in enumerate(self.primitives):
+            mask = nearest == k
+            if mask.any():
+                albedo[mask] = prim.albedo(p[mask])
+        shade = AMBIENT + DIFFUSE * (self.normal(p) @ LIGHT).clamp_min(0)
+        return (albedo * shade.unsqueeze(-1)).clamp(0, 1)
+
+    def render(self, cameras: Tensor, size: int, steps: int = 64) -> tuple[Tensor, Tensor]:
+        """Sphere-traced views from render cameras [M, 25] -> rgb [M, 3, S, S] on white, alpha [M, 1, S, S]."""
+        origins, dirs = get_rays(cameras, size)  # (M, R, 3)
+        o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+        t = torch.full((o.shape[0],), 0.5)
+        for _ in range(steps):
+            dist = self.sdf(o + t.unsqueeze(-1) * d)
+            t = t + dist.clamp_min(0) * 0.9
+        p = o + t.unsqueeze(-1) * d
+        hit = (self.sdf(p) < 2e-3) & (t < 4.0)
+        rgb = torch.ones_like(p)
+        if hit.any():
+            rgb[hit] = self.color(p[hit])
+        m = cameras.shape[0]
+        rgb = rgb.view(m, size, size, 3).permute(0, 3, 1, 2)
+        alpha = hit.float().view(m, 1, size, size)
+        return rgb, alpha
+
+
+def source_view_camera(distance: float = 2.0, azimuth: float = 0.0, elevation: float = 0.0) -> tuple[Tensor, Tensor]:
+    """A camera looking at the origin from `distance`; azimuth/elevation (radians) 0 is OpenLRM's canonical input
+    camera on -y. Returns (conditioning camera [16], render camera [25])."""
+    pos = torch.tensor([[distance * math.cos(elevation) * math.sin(azimuth),
+                         -distance * math.cos(elevation) * math.cos(azimuth),
+                         distance * math.sin(elevation)]], dtype=torch.float32)
+    c2w = look_at_origin(pos)
+    render = render_cameras(c2w)[0]
+    cond = torch.cat([c2w[0].reshape(12), source_camera(distance)[0, 12:]])
+    return cond, render
+
+
+def render_rgba(shape: Shape, camera: Tensor, size: int) -> np.ndarray:
+    """One view as uint8 RGBA [S, S, 4] (colour over transparent background)."""
+    rgb, alpha = shape.render(camera[None], size)
+    rgba = torch.cat([rgb[0], alpha[0]]).permute(1, 2, 0)
+    return (rgba.clamp(0, 1) * 255).round().to(torch.uint8).numpy()

@@ -1,0 +1,209 @@
+"""The Gradio app through its API (gradio_client against a launched server): full runs, errors, sessions."""
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import trimesh
+import yaml
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app
+
+from conftest import REFCHECK
+
+TINY = str(REFCHECK / "refcheck-tiny-1.1" / "model")
+ROOT = Path(__file__).parent.parent
+LIGHT = app.Defaults(mesh_resolution=32, views=8, fps=8)
+# generate(pre, model, distance, mesh resolution, threshold, video, views, fps, frame size)
+SETTINGS = (TINY, 2.0, 32, 3.0, True, 8, 8, 64)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    sessions = app.Sessions(tmp_path_factory.mktemp("sessions"))
+    demo = app.build_demo([TINY], "cpu", defaults=LIGHT, cache_examples=False, sessions=sessions)
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
+    yield url, sessions
+    demo.close()
+
+
+def video_codec(path):
+    err = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                         capture_output=True, text=True).stderr
+    return re.search(r"Video: (\w+).*?, (\w+)", err).groups()
+
+
+def close_session(url, session_hash):
+    """Open and drop the session's heartbeat stream, as a closing browser tab does: Gradio then runs `unload`."""
+    try:
+        with httpx.stream("GET", f"{url.rstrip('/')}/gradio_api/heartbeat/{session_hash}", timeout=2) as r:
+            for _ in r.iter_lines():
+                pass
+    except httpx.HTTPError:
+        pass
+
+
+def wait_until(condition, timeout=15.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def test_full_run_over_the_api(server, tmp_path):
+    url, sessions = server
+    client = Client(url, verbose=False)
+    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
+    image = Image.open(pre)
+    assert image.mode == "RGBA" and image.size == (512, 512) and Path(pre).suffix == ".png"
+    glb, mp4, b_glb, b_obj, b_ply, b_mp4, summary = client.predict(handle_file(pre), *SETTINGS,
+                                                                      api_name="/generate")
+    mesh = trimesh.load(glb, force="mesh")
+    assert len(mesh.vertices) > 100 and mesh.visual.kind == "vertex"
+    assert video_codec(mp4) == ("h264", "yuv420p")
+    assert imageio_ffmpeg.count_frames_and_secs(mp4)[0] == 8
+    assert [Path(b["value"]).suffix for b in (b_glb, b_obj, b_ply, b_mp4)] == [".glb", ".obj", ".ply", ".mp4"]
+    assert all(b["visible"] for b in (b_glb, b_obj, b_ply, b_mp4))
+    assert "Done" in summary and "mesh" in summary and "video" in summary
+    # the session's own folder holds the run; it goes away when the session ends
+    folder = sessions.root / client.session_hash
+    assert any(folder.rglob("openlrm-*.glb"))
+    close_session(url, client.session_hash)
+    assert wait_until(lambda: not folder.exists())
+
+
+def test_no_video_and_no_mesh_options(server):
+    url, _ = server
+    client = Client(url, verbose=False)
+    pre = client.predict(handle_file(str(ROOT / "examples" / "torus.png")), True, 0.85, api_name="/preprocess")
+    glb, mp4, *buttons, summary = client.predict(handle_file(pre), TINY, 2.0, 32, 3.0, False, 8, 8, 64,
+                                                 api_name="/generate")
+    assert glb.endswith(".glb") and mp4 is None and not buttons[3]["visible"]
+
+
+def test_bad_inputs_become_readable_errors(server, tmp_path):
+    url, _ = server
+    client = Client(url, verbose=False)
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    with pytest.raises(AppError, match="fully transparent"):
+        client.predict(handle_file(str(tmp_path / "clear.png")), True, 0.85, api_name="/preprocess")
+    Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
+    with pytest.raises(AppError, match="too small"):
+        client.predict(handle_file(str(tmp_path / "tiny.png")), True, 0.85, api_name="/preprocess")
+    with pytest.raises(AppError, match="upload an image"):
+        client.predict(None, *SETTINGS, api_name="/generate")
+    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
+    with pytest.raises(AppError, match="cannot be reached"):  # offline, not cached: a message, not a dead app
+        client.predict(handle_file(pre), "zxhezexin/openlrm-mix-large-1.1", *SETTINGS[1:], api_name="/generate")
+    # and the app still serves
+    glb, *_ = client.predict(handle_file(pre), *SETTINGS, api_name="/generate")
+    assert Path(glb).is_file()
+
+
+def test_concurrent_sessions_get_their_own_files(server):
+    url, sessions = server
+    clients = [Client(url, verbose=False) for _ in range(3)]
+    results = [None] * 3
+
+    def run(i):
+        try:
+            pre = clients[i].predict(handle_file(str(ROOT / "examples" / "three_parts.png")), True, 0.85,
+                                     api_name="/preprocess")
+            results[i] = clients[i].predict(handle_file(pre), *SETTINGS, api_name="/generate")
+        except Exception as err:  # reported below
+            results[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert all(isinstance(r, tuple) for r in results), [repr(r)[:500] for r in results if not isinstance(r, tuple)]
+    folders = [sessions.root / c.session_hash for c in clients]
+    assert len(set(folders)) == 3 and all(len(list(f.rglob("openlrm-*.glb"))) == 1 for f in folders)
+    # a session's folder is not served to anybody: only the copies Gradio made of returned files are
+    other = httpx.get(f"{url.rstrip('/')}/gradio_api/file={next(folders[0].rglob('openlrm-*.glb'))}")
+    assert other.status_code in (403, 404)
+    for c in clients:
+        close_session(url, c.session_hash)
+    assert wait_until(lambda: not any(f.exists() for f in folders))
+
+
+def test_sessions_expire_after_ttl(tmp_path):
+    sessions = app.Sessions(tmp_path, ttl=0.0)
+    old = sessions.new_run(None)
+    time.sleep(0.05)
+    new = sessions.new_run(None)  # sweeps first: the folder of `old` is older than the TTL
+    assert not old.exists() and new.exists()
+
+
+def test_model_menu_and_defaults():
+    assert app.released_render_size("zxhezexin/openlrm-mix-base-1.1") == 288
+    assert app.released_render_size("zxhezexin/openlrm-obj-small-1.1") == 192
+    assert app.released_render_size("zxhezexin/openlrm-large-obj-1.0") == 384
+    assert app.local_label(TINY) == "local: refcheck-tiny-1.1/model"
+    assert not app.is_available("zxhezexin/openlrm-mix-base-1.1")  # offline, nothing cached
+    assert app.is_available(TINY)
+    demo = app.build_demo([TINY], "cpu", cache_examples=False)
+    config = demo.get_config_file()
+    dropdown = next(c for c in config["components"] if c["props"].get("elem_id") == "model")
+    values = [v[1] for v in dropdown["props"]["choices"]]
+    assert values[0] == TINY and dropdown["props"]["value"] == TINY
+    assert set(app.RELEASED_MODELS) <= set(values)
+    banner = next(c for c in config["components"] if c["props"].get("elem_id") == "banner")
+    assert banner["props"]["visible"] and "Offline" in banner["props"]["value"]
+
+
+def test_spaces_gpu_decorator_is_optional():
+    def f(x):
+        return x + 1
+    assert app.gpu(f)(1) == 2 and app.gpu(duration=5)(f)(1) == 2
+
+
+def test_space_front_matter():
+    text = (ROOT / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["license"] == "cc-by-nc-4.0"
+    assert isinstance(meta["python_version"], str) and re.search(r'python_version: "[\d.]+"', text)
+    assert len(meta["short_description"]) <= 60
+
+
+def test_main_starts_offline_and_share_fails_gracefully(tmp_path):
+    """`python app.py --offline --share` with no network: the local server still comes up and answers."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1,localhost",
+           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           "LRM_REMBG_MODEL_PATH": str(REFCHECK.parent / "rembg" / "red_segmenter.onnx")}
+    port = 7900 + (int(time.time()) % 50)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--offline", "--share", "--port", str(port),
+                             "--model", TINY], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)
+    try:
+        assert wait_until(lambda: _answers(f"http://127.0.0.1:{port}/"), timeout=90)
+        time.sleep(5)  # the share attempt runs after the local URL
+        assert proc.poll() is None and _answers(f"http://127.0.0.1:{port}/")
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert "Running on local URL" in output
+    assert "share" in output.lower()
+
+
+def _answers(url):
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

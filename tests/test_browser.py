@@ -1,0 +1,150 @@
+"""The app in a real browser (Debian chromium driven by Playwright): upload, generate, look at every output.
+
+Skips only where chromium or playwright is not installed (.ci/run installs both). Set LRM_UPDATE_SCREENSHOT=1 to
+refresh docs/screenshot.png from this test.
+"""
+
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+import app
+
+from conftest import REFCHECK
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+ROOT = Path(__file__).parent.parent
+TINY = str(REFCHECK / "refcheck-tiny-1.1" / "model")
+VIEWS, FPS = 12, 12
+# Flags for headless Chromium in a sandbox without network (see docs): WebGL still works through SwiftShader.
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    sessions = app.Sessions(tmp_path_factory.mktemp("sessions"))
+    demo = app.build_demo([TINY], "cpu", defaults=app.Defaults(mesh_resolution=64, views=VIEWS, fps=FPS),
+                          cache_examples=False, sessions=sessions)
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
+    yield url, sessions
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
+    page.goto(url, wait_until="load")  # not "networkidle": some Gradio 6 preloads never finish
+    page.wait_for_selector("#go")
+    return page
+
+
+def canvas_rendered(page, selector, timeout=30.0):
+    """The Model3D canvas exists even when nothing is drawn: wait until it shows many colours."""
+    end = time.time() + timeout
+    while time.time() < end:
+        shot = np.asarray(Image.open(io.BytesIO(page.locator(selector).screenshot())).convert("RGB"))
+        if len(np.unique(shot.reshape(-1, 3), axis=0)) > 200 and shot.std() > 5:
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def wait_video(page, timeout=180_000):
+    page.wait_for_function("() => { const v = document.querySelector('#vid video');"
+                           " return v && v.readyState >= 1 && v.duration > 0; }", timeout=timeout)
+    return page.evaluate("() => document.querySelector('#vid video').duration")
+
+
+def test_generate_in_the_browser(server, browser, tmp_path):
+    url, _ = server
+    page = open_page(browser, url)
+    # no image yet: an error toast, not a crash
+    page.click("#go")
+    page.get_by_text("Please upload an image first.").first.wait_for(timeout=15_000)
+
+    start = time.time()
+    page.locator("#inp input[type=file]").set_input_files(str(ROOT / "examples" / "three_parts.png"))
+    page.wait_for_selector("#inp img")
+    page.click("#go")
+    page.wait_for_selector("#pre img", timeout=60_000)
+    page.wait_for_selector("#m3d canvas", timeout=180_000)
+    assert canvas_rendered(page, "#m3d canvas")
+    mesh_s = time.time() - start
+    duration = wait_video(page)
+    video_s = time.time() - start
+    assert duration * FPS == pytest.approx(VIEWS, abs=0.6)  # 12 frames at 12 fps
+    assert page.evaluate("() => document.querySelector('#vid video').videoWidth") > 0
+    page.get_by_text("Done").first.wait_for(timeout=10_000)
+    print(f"click -> mesh {mesh_s:.1f} s, click -> video {video_s:.1f} s")
+
+    saved = {}
+    for name in ("glb", "obj", "ply", "mp4"):
+        with page.expect_download(timeout=30_000) as info:
+            page.click(f"#dl-{name}")
+        saved[name] = tmp_path / f"download.{name}"
+        info.value.save_as(saved[name])
+    for name in ("glb", "obj", "ply"):
+        mesh = trimesh.load(saved[name], force="mesh")
+        assert len(mesh.vertices) > 100 and mesh.visual.kind == "vertex"
+    assert saved["mp4"].read_bytes()[4:8] == b"ftyp"
+
+    time.sleep(1.0)
+    shot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("LRM_UPDATE_SCREENSHOT"):
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copy(shot, ROOT / "docs" / "screenshot.png")
+    page.close()
+
+
+def test_bad_file_shows_error_toast(server, browser, tmp_path):
+    url, _ = server
+    page = open_page(browser, url)
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    page.locator("#inp input[type=file]").set_input_files(str(tmp_path / "clear.png"))
+    page.wait_for_selector("#inp img")
+    page.click("#go")
+    page.get_by_text("fully transparent").first.wait_for(timeout=30_000)
+    page.close()
+
+
+def test_several_browser_sessions_and_cleanup(server, browser):
+    url, sessions = server
+    before = set(sessions.root.iterdir()) if sessions.root.exists() else set()
+    pages = [open_page(browser, url) for _ in range(3)]
+    for page, name in zip(pages, ("torus", "cone", "cylinder")):
+        page.locator("#inp input[type=file]").set_input_files(str(ROOT / "examples" / f"{name}.png"))
+        page.wait_for_selector("#inp img")
+    for page in pages:
+        page.click("#go")
+    for page in pages:
+        wait_video(page)
+    sources = {page.evaluate("() => document.querySelector('#vid video').currentSrc") for page in pages}
+    assert len(sources) == 3  # each session got its own result (Gradio serves identical files once, by content)
+    folders = set(sessions.root.iterdir()) - before
+    assert len(folders) == 3
+    for page in pages:
+        page.close()
+    end = time.time() + 20
+    while time.time() < end and any(f.exists() for f in folders):
+        time.sleep(0.3)
+    assert not any(f.exists() for f in folders)
