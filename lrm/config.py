@@ -34,6 +34,9 @@ class LRMConfig:
     encoder_model_name: str = "facebook/dino-vitb16"
     encoder_feat_dim: int = 768
     encoder_freeze: bool = True
+    # Extensions of this project (not in any OpenLRM release; their defaults leave released checkpoints unchanged and
+    # they are written to config.json only when set).
+    triplane_lift: bool = False  # add image features lifted onto the triplane tokens (lrm/lift.py)
 
     @classmethod
     def from_dict(cls, kwargs: Mapping[str, Any]) -> "LRMConfig":
@@ -59,8 +62,12 @@ class LRMConfig:
         return config
 
     def to_dict(self) -> dict[str, Any]:
-        """The v1.1 `config.json` content (same key order as the released files)."""
-        return dataclasses.asdict(self)
+        """The v1.1 `config.json` content (same key order as the released files; extensions only when set)."""
+        data = dataclasses.asdict(self)
+        for name in EXTENSIONS:
+            if data[name] == _EXTENSION_DEFAULTS[name]:
+                del data[name]
+        return data
 
     def validate(self) -> None:
         for name in ("camera_embed_dim", "rendering_samples_per_ray", "transformer_dim", "transformer_layers",
@@ -77,8 +84,15 @@ class LRMConfig:
                              f"({self.triplane_low_res})")
         if self.rendering_samples_per_ray < 4:
             raise ValueError("rendering_samples_per_ray must be at least 4 (half coarse, half importance)")
+        if not isinstance(self.triplane_lift, bool):
+            raise ValueError(f"config.triplane_lift must be true or false, got {self.triplane_lift!r}")
         if self.encoder_type.lower() not in ("dino", "dinov2"):
             raise ValueError(f"encoder_type must be 'dino' or 'dinov2', got {self.encoder_type!r}")
+
+
+EXTENSIONS = ("triplane_lift",)
+_EXTENSION_DEFAULTS = {f.name: f.default for f in fields(LRMConfig) if f.name in EXTENSIONS}
+_OPTIONAL.update(_EXTENSION_DEFAULTS)
 
 
 @dataclass(frozen=True)

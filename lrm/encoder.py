@@ -8,6 +8,7 @@ Both encoders take an image [N, 3, S, S] in [0, 1] and return tokens [N, L, C] (
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -61,11 +62,28 @@ ENCODERS: dict[str, EncoderSpec] = {
 }
 
 
+# Small encoders trained from scratch by this project: "custom-dinov2-s{img}-p{patch}-d{dim}-l{depth}-h{heads}-r{regs}"
+# (DINOv2 blocks; position grid for img x img inputs).
+_CUSTOM = re.compile(r"custom-dinov2-s(\d+)-p(\d+)-d(\d+)-l(\d+)-h(\d+)-r(\d+)")
+
+
+def _custom_spec(name: str) -> EncoderSpec | None:
+    match = _CUSTOM.fullmatch(name)
+    if match is None:
+        return None
+    img, patch, dim, depth, heads, regs = map(int, match.groups())
+    if img % patch or dim % heads:
+        raise ValueError(f"{name}: image size must be a multiple of the patch size and dim of the heads")
+    return EncoderSpec("dinov2", dim, depth, heads, patch=patch, img_size=img, mlp_dim=4 * dim, registers=regs,
+                       pos_antialias=True, pos_offset=0.0)
+
+
 def encoder_spec(encoder_type: str, model_name: str, feat_dim: int) -> EncoderSpec:
     """Look up and check the encoder of a config; raise `ValueError` saying what is supported."""
-    spec = ENCODERS.get(model_name)
+    spec = ENCODERS.get(model_name) or _custom_spec(model_name)
     if spec is None:
-        raise ValueError(f"Unknown encoder_model_name {model_name!r}. Supported: {', '.join(sorted(ENCODERS))}.")
+        raise ValueError(f"Unknown encoder_model_name {model_name!r}. Supported: {', '.join(sorted(ENCODERS))}, "
+                         "or custom-dinov2-s<img>-p<patch>-d<dim>-l<depth>-h<heads>-r<registers>.")
     if spec.family != encoder_type.lower():
         raise ValueError(f"encoder_type {encoder_type!r} does not match encoder {model_name!r} ({spec.family})")
     if spec.dim != feat_dim:

@@ -5,7 +5,7 @@ The mesh lives in the triplane's world frame (z up, the input view looking along
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -14,12 +14,16 @@ from torch import Tensor
 from .model import POINT_CHUNK, LRM
 
 
-def grid_coordinates(resolution: int, start: int, stop: int, device: torch.device | str = "cpu") -> Tensor:
-    """Points [P, 3] of the flattened grid cells start..stop of `meshgrid(linspace(-1, 1, G) x 3, indexing='ij')`."""
-    axis = torch.linspace(-1, 1, resolution, device=device)
-    idx = torch.arange(start, stop, device=device)
+def grid_points(resolution: int, idx: Tensor) -> Tensor:
+    """Points [P, 3] at flat indices idx [P] of `meshgrid(linspace(-1, 1, G) x 3, indexing='ij')`."""
+    axis = torch.linspace(-1, 1, resolution, device=idx.device)
     g2 = resolution * resolution
     return torch.stack([axis[idx // g2], axis[(idx // resolution) % resolution], axis[idx % resolution]], dim=-1)
+
+
+def grid_coordinates(resolution: int, start: int, stop: int, device: torch.device | str = "cpu") -> Tensor:
+    """Points [P, 3] of the flattened grid vertices start..stop (the reference's `forward_grid` order)."""
+    return grid_points(resolution, torch.arange(start, stop, device=device))
 
 
 def density_grid(model: LRM, planes: Tensor, resolution: int, chunk: int = POINT_CHUNK,
@@ -48,19 +52,31 @@ def vertex_colors(model: LRM, planes: Tensor, vertices: np.ndarray) -> np.ndarra
 
 
 def extract_mesh(model: LRM, planes: Tensor, resolution: int = 384, threshold: float = 3.0,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, *,
+                 mode: Literal["fast", "reference"] = "fast", fast=None):
     """Mesh of the density level set `threshold` of planes [1, 3, C, H, W] -> `trimesh.Trimesh` with vertex colours.
 
     The reference's `infer_mesh`: activated density on a G³ grid over [-1, 1]³, PyMCubes marching cubes, vertices
     scaled to [-1, 1] (triplane world frame, z up), colours from the field at the vertices.
+    mode="reference" evaluates the whole grid as OpenLRM; mode="fast" (default) only near the surface of a coarse
+    pass (lrm/fast.py; `fast` may pass a prepared `FastField`).
     """
     import mcubes
     import trimesh
 
     if resolution < 2:
         raise ValueError(f"mesh resolution must be at least 2, got {resolution}")
+    if mode not in ("fast", "reference"):
+        raise ValueError(f"mode must be 'fast' or 'reference', got {mode!r}")
     with torch.inference_mode():
-        grid = density_grid(model, planes, resolution, progress=progress).float().cpu().numpy()
+        if mode == "fast":
+            from .fast import FastField, fine_density_grid
+            fast = fast or FastField(model, planes)
+            grid = fine_density_grid(fast, resolution, threshold).cpu().numpy()
+            if progress is not None:
+                progress(1, 1)
+        else:
+            grid = density_grid(model, planes, resolution, progress=progress).float().cpu().numpy()
         vertices, faces = mcubes.marching_cubes(grid, threshold)
         vertices = vertices / (resolution - 1) * 2 - 1
         colors = vertex_colors(model, planes, vertices)

@@ -5,7 +5,7 @@ Attribute names are the OpenLRM v1.1 state-dict names, so a v1.1 `model.safetens
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .camera import get_rays
 from .config import InferDefaults, LRMConfig, infer_defaults_for
 from .encoder import ImageEncoder, encoder_spec
+from .lift import TriplaneLift
 from .renderer import RayBundle, TriplaneField, density_activation, render_rays, view_ray_limits
 from .transformer import CameraEmbedder, TriplaneTransformer
 
@@ -36,6 +37,8 @@ class LRM(nn.Module):
                                                cond_dim=config.encoder_feat_dim, mod_dim=config.camera_embed_dim)
         self.upsampler = nn.ConvTranspose2d(d, config.triplane_dim, kernel_size=2, stride=2)
         self.synthesizer = TriplaneField(config.triplane_dim)
+        if config.triplane_lift:  # project extension; absent from (and not loaded for) released checkpoints
+            self.lift = TriplaneLift(config.encoder_feat_dim, d, config.triplane_low_res)
 
     @property
     def device(self) -> torch.device:
@@ -56,7 +59,10 @@ class LRM(nn.Module):
         feats = self.encoder(image)  # (N, L, C_enc)
         mod = self.camera_embedder(camera)  # (N, Dc)
         n = image.shape[0]
-        tokens = self.transformer(self.pos_embed.expand(n, -1, -1), feats, mod)  # (N, 3*h*w, D)
+        tokens = self.pos_embed.expand(n, -1, -1)  # (N, 3*h*w, D)
+        if self.config.triplane_lift:
+            tokens = tokens + self.lift(feats, camera)
+        tokens = self.transformer(tokens, feats, mod)  # (N, 3*h*w, D)
         h = w = self.config.triplane_low_res
         x = tokens.view(n, 3, h, w, -1).permute(0, 1, 4, 2, 3).reshape(n * 3, -1, h, w)  # (N*3, D, h, w)
         x = self.upsampler(x)  # (N*3, C, 2h, 2w)
@@ -72,17 +78,21 @@ class LRM(nn.Module):
         return torch.cat(sigmas, 1), torch.cat(rgbs, 1)
 
     def render(self, planes: Tensor, cameras: Tensor, size: int, deterministic: bool = True, *,
-               samples_per_ray: int | None = None, background: float = 1.0,
-               generator: torch.Generator | None = None, chunk: int = RENDER_CHUNK,
+               mode: Literal["fast", "reference"] = "fast", fast=None, samples_per_ray: int | None = None,
+               background: float = 1.0, generator: torch.Generator | None = None, chunk: int = RENDER_CHUNK,
                progress: Callable[[int, int], None] | None = None) -> dict[str, Tensor]:
         """Volume-render planes [N, 3, C, H, W] from render cameras [N, M, 25] at size x size.
 
         deterministic=True (default) is RNG-free: no stratified jitter, evenly spaced importance samples.
         deterministic=False is the reference's stochastic sampler, drawing from `generator` (else torch's global
         RNG) in the reference's order, one view at a time.
+        mode="fast" (default) skips empty space and hidden samples (lrm/fast.py; `fast` may pass a prepared
+        `FastField` for N = 1); mode="reference" evaluates every sample exactly as OpenLRM.
         Returns rgb [N, M, 3, H, W], depth [N, M, 1, H, W], weight [N, M, 1, H, W] (opacity).
         `progress(done, total)` is called after each view.
         """
+        if mode not in ("fast", "reference"):
+            raise ValueError(f"mode must be 'fast' or 'reference', got {mode!r}")
         n, m = cameras.shape[:2]
         if planes.shape[0] != n:
             raise ValueError(f"planes ({planes.shape[0]}) and cameras ({n}) have different batch sizes")
@@ -94,6 +104,9 @@ class LRM(nn.Module):
         weight_out = torch.empty_like(depth_out)
         for i in range(n):
             origins, dirs = get_rays(cameras[i].to(planes.device, torch.float32), size)  # (M, R, 3)
+            if mode == "fast":
+                from .fast import FastField, render_view_fast
+                field = fast if fast is not None and n == 1 else FastField(self, planes[i:i + 1])
             for j in range(m):
                 near, far = view_ray_limits(origins[j], dirs[j])
                 rays = RayBundle(origins[j], dirs[j], near, far)
@@ -103,6 +116,13 @@ class LRM(nn.Module):
                     r = near.shape[0]
                     rays.jitter = torch.rand(n_coarse, r, generator=generator, device=near.device).T
                     rays.u = torch.rand(r, n_fine, generator=generator, device=near.device)
+                if mode == "fast":
+                    rgb, depth, weight = render_view_fast(field, origins[j], dirs[j], n_coarse, n_fine, background,
+                                                          rays.jitter, rays.u)
+                    rgb_out[i, j], depth_out[i, j], weight_out[i, j] = rgb.T, depth.T, weight.T
+                    if progress is not None:
+                        progress(i * m + j + 1, n * m)
+                    continue
                 lo, hi = float("inf"), float("-inf")
                 for start in range(0, near.shape[0], rays_per_chunk):
                     part = rays.chunk(start, start + rays_per_chunk)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from .camera import source_camera
+from .fast import FastField
 from .mesh import MESH_FORMATS, export_mesh, extract_mesh
 from .model import LRM
 from .preprocess import BackgroundRemover, ImageInput, image_to_tensor, load_image, preprocess
@@ -69,15 +70,15 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
                       mesh_resolution: int | None = None, threshold: float | None = None,
                       formats: Iterable[str] = MESH_FORMATS, video: bool = True, n_views: int = 100, fps: int = 25,
                       video_size: int | None = None, remover: BackgroundRemover | None = None,
-                      preprocessed: bool = False, progress: Progress | None = None
-                      ) -> Iterator[tuple[str, Reconstruction]]:
+                      preprocessed: bool = False, mode: Literal["fast", "reference"] = "fast",
+                      progress: Progress | None = None) -> Iterator[tuple[str, Reconstruction]]:
     """`reconstruct`, yielding (stage, partial result) after each finished stage, so callers can show the mesh
     before the video is done.
 
     mesh_resolution, threshold: marching-cubes grid and density level (default: the model's, 384 and 3.0);
     mesh_resolution=0 skips the mesh. formats: mesh files to write (any of "glb", "obj", "ply"). video, n_views,
-    fps, video_size: the orbit video (default size: the model's render size). progress(stage, fraction) is called
-    while working.
+    fps, video_size: the orbit video (default size: the model's render size). mode: "fast" (default) or "reference"
+    (OpenLRM's exact algorithms; see lrm/fast.py). progress(stage, fraction) is called while working.
     """
     formats = [f.lower().lstrip(".") for f in formats]
     unknown = sorted(set(formats) - set(MESH_FORMATS))
@@ -108,10 +109,13 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
     report("planes", 1.0)
     yield "planes", result
 
+    fast = None  # the coarse density pass, shared by the mesh and the video
     if mesh_resolution:
         report("mesh", 0.0)
         with _timed(result.timings, "mesh"):
-            result.mesh = extract_mesh(model, result.planes, mesh_resolution, threshold,
+            if mode == "fast":
+                fast = FastField(model, result.planes)
+            result.mesh = extract_mesh(model, result.planes, mesh_resolution, threshold, mode=mode, fast=fast,
                                        progress=lambda done, total: report("mesh", 0.9 * done / total))
             if out is not None:
                 for fmt in formats:
@@ -123,6 +127,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
         report("video", 0.0)
         with _timed(result.timings, "video"):
             result.files["mp4"] = render_video(model, result.planes, out / f"{name}.mp4", n_views, fps, video_size,
+                                               mode=mode, fast=fast,
                                                progress=lambda done, total: report("video", done / total))
         report("video", 1.0)
         yield "video", result

@@ -204,7 +204,8 @@ def render_rays(field: TriplaneField, planes: Tensor, rays: RayBundle, n_coarse:
     colors, sigma = _query_along(field, planes, rays, depths)
     if n_fine > 0:
         _, _, weights = composite(colors, sigma, depths.unsqueeze(-1), background)
-        fine = importance_depths(depths, weights.squeeze(-1), n_fine, rays.u)
+        # No gradient through the choice of sample positions (the reference samples them under no_grad).
+        fine = importance_depths(depths, weights.squeeze(-1).detach(), n_fine, rays.u)
         colors_f, sigma_f = _query_along(field, planes, rays, fine)
         depths = torch.cat([depths, fine], 1)
         order = torch.sort(depths, dim=1).indices

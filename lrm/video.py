@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -28,12 +28,12 @@ def to_uint8(rgb: Tensor) -> np.ndarray:
 
 
 def render_video(model: LRM, planes: Tensor, path: str | Path, n_views: int = 100, fps: int = 25,
-                 size: int | None = None, *, batch_views: int = 4,
-                 progress: Callable[[int, int], None] | None = None) -> Path:
+                 size: int | None = None, *, mode: Literal["fast", "reference"] = "fast", fast=None,
+                 batch_views: int = 4, progress: Callable[[int, int], None] | None = None) -> Path:
     """Render `n_views` frames of the orbit at size x size (default: the model's render size) into an MP4.
 
-    Frames are rendered `batch_views` at a time and streamed to the encoder, so memory does not grow with n_views.
-    `progress(done, total)` is called after each frame.
+    mode / fast: as `LRM.render` (deterministic sampling either way). Frames are rendered `batch_views` at a time and
+    streamed to the encoder, so memory does not grow with n_views. `progress(done, total)` is called after each frame.
     """
     import imageio.v2 as imageio
 
@@ -45,6 +45,9 @@ def render_video(model: LRM, planes: Tensor, path: str | Path, n_views: int = 10
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cameras = video_cameras(n_views).to(planes.device)
+    if mode == "fast" and fast is None:
+        from .fast import FastField
+        fast = FastField(model, planes)
     writer = imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", quality=8,
                                 macro_block_size=2, ffmpeg_log_level="error",
                                 ffmpeg_params=["-movflags", "+faststart"])
@@ -53,7 +56,7 @@ def render_video(model: LRM, planes: Tensor, path: str | Path, n_views: int = 10
             for start in range(0, n_views, batch_views):
                 views = cameras[start:start + batch_views]
                 report = None if progress is None else (lambda done, _, s=start: progress(s + done, n_views))
-                rgb = model.render_views(planes, views, size, progress=report)["rgb"]
+                rgb = model.render_views(planes, views, size, mode=mode, fast=fast, progress=report)["rgb"]
                 for frame in to_uint8(rgb):
                     writer.append_data(frame)
     finally:

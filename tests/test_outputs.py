@@ -181,7 +181,7 @@ def test_ply_matches_reference_format(tmp_path):
     import json
     meta = json.loads((REFCHECK / "refcheck-tiny-1.1" / "out" / "meta.json").read_text())
     planes = torch.from_numpy(np.load(REFCHECK / "refcheck-tiny-1.1" / "out" / "intermediates.npz")["planes"])
-    mesh = extract_mesh(lrm.load_model(TINY), planes, meta["mesh_size"], meta["mesh_threshold"])
+    mesh = extract_mesh(lrm.load_model(TINY), planes, meta["mesh_size"], meta["mesh_threshold"], mode="reference")
     path = export_mesh(mesh, tmp_path / "mesh.ply")
     ours, theirs = path.read_bytes(), (REFCHECK / "refcheck-tiny-1.1" / "out" / "mesh.ply").read_bytes()
     head = ours[: ours.index(b"end_header")].decode().strip().splitlines()

@@ -111,10 +111,39 @@ def random_primitive(rng: np.random.Generator, kind: str | None = None, scale: f
 
 
 class Shape:
-    """A union of primitives with analytic occupancy, albedo and shaded colour."""
+    """A union of primitives with analytic occupancy, albedo and shaded colour.
 
-    def __init__(self, primitives: list[Primitive]):
+    `scale` and `offset` place it: world point p is the primitives' point p * scale + offset.
+    """
+
+    def __init__(self, primitives: list[Primitive], scale: float = 1.0, offset: Tensor | None = None):
         self.primitives = primitives
+        self.scale = scale
+        self.offset = torch.zeros(3) if offset is None else offset
+
+    def _raw(self, p: Tensor) -> Tensor:
+        return p * self.scale + self.offset
+
+    def _raw_sdf(self, q: Tensor) -> Tensor:
+        return torch.stack([prim.sdf(q) for prim in self.primitives]).min(0).values
+
+    def normalized(self, extent: float = 1.5, max_depth: float = 1.9, grid: int = 48) -> "Shape":
+        """The same object, centred on its bounding box and scaled so that the longer of its x and z sides (the
+        image axes of the canonical input camera) is `extent`, its depth (y) side at most `max_depth`.
+
+        This matches what recentring does to the input image (its 2D box gets a fixed size), so the scale of the
+        object follows from the image instead of from its unseen depth.
+        """
+        axis = torch.linspace(-1, 1, grid)
+        q = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        inside = q[self._raw_sdf(q) < 0]
+        if len(inside) == 0:
+            return self
+        cell = 2 / (grid - 1)
+        lo, hi = inside.min(0).values - cell / 2, inside.max(0).values + cell / 2
+        size = hi - lo
+        scale = max(float(max(size[0], size[2])) / extent, float(size[1]) / max_depth)
+        return Shape(self.primitives, scale, (lo + hi) / 2)
 
     @classmethod
     def random(cls, seed: int, kind: str | None = None) -> "Shape":
@@ -129,7 +158,7 @@ class Shape:
 
     def sdf(self, p: Tensor) -> Tensor:
         """p [P, 3] -> signed distance [P] (negative inside)."""
-        return torch.stack([prim.sdf(p) for prim in self.primitives]).min(0).values
+        return self._raw_sdf(self._raw(p)) / self.scale
 
     def normal(self, p: Tensor, eps: float = 1e-3) -> Tensor:
         offsets = torch.eye(3) * eps
@@ -138,33 +167,42 @@ class Shape:
 
     def color(self, p: Tensor) -> Tensor:
         """Shaded colour [P, 3] in [0, 1]: the albedo of the nearest primitive under the fixed world light."""
-        d = torch.stack([prim.sdf(p) for prim in self.primitives])  # (K, P)
-        nearest = d.argmin(0)
+        q = self._raw(p)
+        nearest = torch.stack([prim.sdf(q) for prim in self.primitives]).argmin(0)  # (P,)
         albedo = torch.zeros(p.shape[0], 3)
         for k, prim in enumerate(self.primitives):
             mask = nearest == k
             if mask.any():
-                albedo[mask] = prim.albedo(p[mask])
+                albedo[mask] = prim.albedo(q[mask])
         shade = AMBIENT + DIFFUSE * (self.normal(p) @ LIGHT).clamp_min(0)
         return (albedo * shade.unsqueeze(-1)).clamp(0, 1)
+
+    def trace(self, origins: Tensor, dirs: Tensor, steps: int = 64) -> tuple[Tensor, Tensor]:
+        """Sphere tracing of rays [R, 3] -> colour on white [R, 3], hit mask [R]. Rays start at the [-1, 1]^3 box."""
+        from ..renderer import ray_box_limits
+        near, far = ray_box_limits(origins, dirs)
+        t, far = near[:, 0].clamp_min(0), far[:, 0]
+        active = torch.nonzero(far > t).squeeze(1)  # only rays through the box, and only until they converge
+        hit = torch.zeros(origins.shape[0], dtype=torch.bool)
+        for _ in range(steps):
+            if len(active) == 0:
+                break
+            dist = self.sdf(origins[active] + t[active, None] * dirs[active])
+            t[active] += dist.clamp_min(0) * 0.95
+            done = dist < 1e-3
+            hit[active[done]] = True
+            active = active[~done & (t[active] < far[active])]
+        rgb = torch.ones_like(origins)
+        if hit.any():
+            rgb[hit] = self.color(origins[hit] + t[hit, None] * dirs[hit])
+        return rgb, hit
 
     def render(self, cameras: Tensor, size: int, steps: int = 64) -> tuple[Tensor, Tensor]:
         """Sphere-traced views from render cameras [M, 25] -> rgb [M, 3, S, S] on white, alpha [M, 1, S, S]."""
         origins, dirs = get_rays(cameras, size)  # (M, R, 3)
-        o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-        t = torch.full((o.shape[0],), 0.5)
-        for _ in range(steps):
-            dist = self.sdf(o + t.unsqueeze(-1) * d)
-            t = t + dist.clamp_min(0) * 0.9
-        p = o + t.unsqueeze(-1) * d
-        hit = (self.sdf(p) < 2e-3) & (t < 4.0)
-        rgb = torch.ones_like(p)
-        if hit.any():
-            rgb[hit] = self.color(p[hit])
+        rgb, hit = self.trace(origins.reshape(-1, 3), dirs.reshape(-1, 3), steps)
         m = cameras.shape[0]
-        rgb = rgb.view(m, size, size, 3).permute(0, 3, 1, 2)
-        alpha = hit.float().view(m, 1, size, size)
-        return rgb, alpha
+        return rgb.view(m, size, size, 3).permute(0, 3, 1, 2), hit.float().view(m, 1, size, size)
 
 
 def source_view_camera(distance: float = 2.0, azimuth: float = 0.0, elevation: float = 0.0) -> tuple[Tensor, Tensor]:

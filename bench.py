@@ -1,0 +1,232 @@
+"""Benchmark: the whole job (planes + mesh + orbit video) in the fast and the reference mode, in the same run.
+
+    python bench.py [--quick] [--arch small,base] [--device cpu|cuda] [--json PATH]
+
+Models are the real OpenLRM v1.1 small / base architectures with random weights. A random field is noise (dense
+everywhere or empty), which makes empty-space skipping look worse or better than it is, so the planes rendered and
+meshed are fitted to a procedural object under the model's own decoder (lrm/train/fit.py): a solid object with
+empty space around it, like a trained model's output. The planes stage times the real forward pass.
+
+Each (architecture, mode) runs in its own process so that its peak RSS is its own. The reference video is rendered
+for a few evenly spaced frames and its time extrapolated to the full orbit (it takes minutes per frame set on a CPU);
+the quality of the fast path (PSNR of those frames, Chamfer distance of the meshes) is measured against them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ARCHS = {
+    # OpenLRM v1.1 configs (zxhezexin/openlrm-obj-small-1.1 and -base-1.1)
+    "small": dict(camera_embed_dim=1024, rendering_samples_per_ray=96, transformer_dim=512, transformer_layers=12,
+                  transformer_heads=8, triplane_low_res=32, triplane_high_res=64, triplane_dim=32,
+                  encoder_type="dinov2", encoder_model_name="dinov2_vits14_reg", encoder_feat_dim=384,
+                  encoder_freeze=False),
+    "base": dict(camera_embed_dim=1024, rendering_samples_per_ray=96, transformer_dim=768, transformer_layers=12,
+                 transformer_heads=12, triplane_low_res=32, triplane_high_res=64, triplane_dim=48,
+                 encoder_type="dinov2", encoder_model_name="dinov2_vitb14_reg", encoder_feat_dim=768,
+                 encoder_freeze=False),
+}
+EXAMPLE = Path(__file__).parent / "examples" / "three_parts.png"
+SHAPE_SEED = 2002  # the same object as that example
+
+
+def build_model(arch: str, device: str):
+    from lrm.config import LRMConfig, infer_defaults_for
+    from lrm.model import LRM
+    torch.manual_seed(0)
+    config = LRMConfig.from_dict(ARCHS[arch])
+    with torch.device("meta"):
+        model = LRM(config, infer_defaults_for(config))
+    model = model.to_empty(device=device)
+    with torch.no_grad():  # random weights, scaled like a trained ViT's (N(0, 0.02)); LayerNorms at 1 / 0
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.02)
+            elif "norm" in name and name.endswith("weight") or name.endswith("gamma"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model.eval().requires_grad_(False)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_mode(arch: str, mode: str, device: str, planes_path: str, out_path: str, views: int, ref_frames: list[int],
+             mesh_res: int) -> None:
+    """One (architecture, mode) in a fresh process: time each stage, save frames / mesh, report peak memory."""
+    torch.set_grad_enabled(False)
+    from PIL import Image
+
+    import lrm
+    from lrm.fast import FastField
+    from lrm.mesh import extract_mesh
+    from lrm.video import video_cameras
+    model = build_model(arch, device)
+    size = model.infer_defaults.render_size
+    image = lrm.image_to_tensor(lrm.preprocess(Image.open(EXAMPLE)), model.infer_defaults.source_size).to(device)
+    timings = {}
+    for _ in range(2 if device == "cuda" else 1):  # on a GPU, the first pass warms up kernels
+        sync(device)
+        t = time.perf_counter()
+        model.forward_planes(image, lrm.source_camera().to(device))
+        sync(device)
+        timings["planes"] = time.perf_counter() - t
+    planes = torch.load(planes_path, weights_only=True).to(device)  # the fitted, realistic field
+    sync(device)
+    t = time.perf_counter()
+    fast = FastField(model, planes) if mode == "fast" else None
+    mesh = extract_mesh(model, planes, mesh_res, 3.0, mode=mode, fast=fast)
+    sync(device)
+    timings["mesh"] = time.perf_counter() - t
+    cameras = video_cameras(views).to(device)
+    frames = ref_frames if mode == "reference" else list(range(views))
+    sync(device)
+    t = time.perf_counter()
+    rgb = []
+    for start in range(0, len(frames), 4):
+        idx = frames[start:start + 4]
+        rgb.append(model.render_views(planes, cameras[idx], size, mode=mode, fast=fast)["rgb"])
+        if mode == "fast":  # the video writer's conversion, as in the real job
+            lrm.video.to_uint8(rgb[-1])
+    sync(device)
+    video_s = time.perf_counter() - t
+    timings["video"] = video_s * views / len(frames)
+    rgb = torch.cat(rgb)[[frames.index(f) for f in ref_frames]].float().cpu().numpy()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # kB -> GB
+    gpu_peak = torch.cuda.max_memory_allocated() / 1024 ** 3 if device == "cuda" else None
+    np.savez(out_path, frames=rgb, vertices=np.asarray(mesh.vertices, np.float32), faces=np.asarray(mesh.faces),
+             timings=json.dumps(timings), peak_rss_gb=peak, gpu_peak_gb=-1 if gpu_peak is None else gpu_peak,
+             video_frames_timed=len(frames))
+
+
+def chamfer_voxels(a: np.ndarray, b: np.ndarray, resolution: int) -> float:
+    import trimesh
+    from scipy.spatial import cKDTree
+    pa = trimesh.sample.sample_surface(trimesh.Trimesh(*a, process=False), 20000, seed=0)[0]
+    pb = trimesh.sample.sample_surface(trimesh.Trimesh(*b, process=False), 20000, seed=1)[0]
+    d = 0.5 * (cKDTree(pb).query(pa)[0].mean() + cKDTree(pa).query(pb)[0].mean())
+    return float(d / (2 / (resolution - 1)))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1 / max(np.mean((a - b) ** 2), 1e-12)))
+
+
+def bench_arch(arch: str, args, workdir: Path) -> dict:
+    from lrm.train.data import make_shape
+    from lrm.train.fit import fit_planes
+    torch.set_grad_enabled(False)
+    planes_path = workdir / f"{arch}-planes.pt"
+    model = build_model(arch, "cpu")
+    t = time.perf_counter()
+    planes = fit_planes(model, make_shape(SHAPE_SEED), steps=args.fit_steps, points=8192)
+    print(f"[{arch}] fitted planes to a procedural object in {time.perf_counter() - t:.0f} s", flush=True)
+    torch.save(planes, planes_path)
+    del model
+    ref_frames = np.linspace(0, args.views - 1, args.ref_frames).round().astype(int).tolist()
+    results = {}
+    ctx = mp.get_context("spawn")
+    for mode in ("fast", "reference"):
+        out = workdir / f"{arch}-{mode}.npz"
+        proc = ctx.Process(target=run_mode, args=(arch, mode, args.device, str(planes_path), str(out), args.views,
+                                                  ref_frames, args.mesh))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise SystemExit(f"[{arch}] {mode} mode failed (exit code {proc.exitcode})")
+        data = np.load(out)
+        results[mode] = {"timings": json.loads(str(data["timings"])), "peak_rss_gb": float(data["peak_rss_gb"]),
+                         "gpu_peak_gb": float(data["gpu_peak_gb"]), "frames": data["frames"],
+                         "mesh": (data["vertices"], data["faces"]), "frames_timed": int(data["video_frames_timed"])}
+        print(f"[{arch}] {mode:9s} " + "  ".join(f"{k} {v:8.2f}s" for k, v in results[mode]["timings"].items())
+              + f"  peak RSS {results[mode]['peak_rss_gb']:.2f} GB", flush=True)
+    fast, ref = results["fast"], results["reference"]
+    stages = {}
+    for stage in ("planes", "mesh", "video"):
+        stages[stage] = {"reference_s": ref["timings"][stage], "fast_s": fast["timings"][stage],
+                         "speedup": ref["timings"][stage] / fast["timings"][stage]}
+    stages["video"]["reference_frames_timed"] = ref["frames_timed"]
+    total_ref = sum(ref["timings"].values())
+    total_fast = sum(fast["timings"].values())
+    return {
+        "full_job": {"reference_s": total_ref, "fast_s": total_fast, "speedup": total_ref / total_fast,
+                     "psnr_db": psnr(fast["frames"], ref["frames"]),
+                     "chamfer_voxels": chamfer_voxels(fast["mesh"], ref["mesh"], args.mesh),
+                     "peak_rss_gb": fast["peak_rss_gb"], "reference_peak_rss_gb": ref["peak_rss_gb"],
+                     "gpu_peak_gb": fast["gpu_peak_gb"] if args.device == "cuda" else None},
+        "stages": stages,
+        "settings": {"mesh_resolution": args.mesh, "views": args.views, "render_size": None,
+                     "reference_frames": ref_frames, "fit_steps": args.fit_steps},
+        "mesh_vertices": {"fast": len(fast["mesh"][0]), "reference": len(ref["mesh"][0])},
+    }
+
+
+def machine_info(device: str) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "device": device}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def table(name: str, r: dict) -> str:
+    lines = [f"\n{name}: full job {r['full_job']['reference_s']:.1f} s -> {r['full_job']['fast_s']:.1f} s "
+             f"({r['full_job']['speedup']:.1f}x), video PSNR {r['full_job']['psnr_db']:.1f} dB, mesh Chamfer "
+             f"{r['full_job']['chamfer_voxels']:.2f} voxels, peak RSS {r['full_job']['peak_rss_gb']:.2f} GB "
+             f"(reference {r['full_job']['reference_peak_rss_gb']:.2f} GB)",
+             f"{'stage':<8} {'reference s':>12} {'fast s':>9} {'speed-up':>9}"]
+    for stage, s in r["stages"].items():
+        lines.append(f"{stage:<8} {s['reference_s']:>12.2f} {s['fast_s']:>9.2f} {s['speedup']:>8.1f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small architecture, fewer fitting steps and reference "
+                   "frames: a few minutes on 2 CPU cores")
+    p.add_argument("--arch", default=None, help="comma-separated: small, base [default: small,base; quick: small]")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--mesh", type=int, default=256, help="mesh resolution [256]")
+    p.add_argument("--views", type=int, default=100, help="video frames [100]")
+    p.add_argument("--ref-frames", type=int, default=None, help="reference frames actually rendered [8; quick 3]")
+    p.add_argument("--fit-steps", type=int, default=None, help="plane fitting steps [300; quick 150]")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    args.arch = args.arch or ("small" if args.quick else "small,base")
+    args.ref_frames = args.ref_frames or (3 if args.quick else 8)
+    args.fit_steps = args.fit_steps or (150 if args.quick else 300)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    results = {"machine": machine_info(args.device), "architectures": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in args.arch.split(","):
+            r = bench_arch(arch.strip(), args, Path(tmp))
+            r["settings"]["render_size"] = {"small": 192, "base": 288}[arch.strip()]
+            results["architectures"][arch.strip()] = r
+            print(table(arch.strip(), r), flush=True)
+    first = next(iter(results["architectures"].values()))
+    results.update(full_job=first["full_job"], stages=first["stages"])  # the first (small) architecture up front
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Image features lifted onto the triplane tokens (an extension of this project, `config.triplane_lift`).
+
+For every token of every plane, points spread along the plane's missing axis are projected into the input image with
+the conditioning camera, and the encoder's patch features there are averaged. For the canonical camera this samples
+the frontal (x, z) plane at the projection of each texel and pools the other two planes along image rows / columns.
+A fixed geometric prior: it tells a small model trained from scratch where the image is, so it learns fast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Plane axes of the triplane field (lrm/renderer.py): plane 0 samples (x, y), 1 (x, z), 2 (z, y) as (u = width,
+# v = height); the third entry is the missing axis.
+PLANE_AXES = ((0, 1, 2), (0, 2, 1), (2, 1, 0))
+
+
+def token_points(low_res: int, depth_samples: int, device=None) -> Tensor:
+    """World points [3, h*w, K, 3] for the h x w tokens of each plane, K samples along the missing axis."""
+    centers = (torch.arange(low_res, dtype=torch.float32, device=device) * 2 + 1) / low_res - 1  # texel centres
+    depth = (torch.arange(depth_samples, dtype=torch.float32, device=device) * 2 + 1) / depth_samples - 1
+    v, u, d = torch.meshgrid(centers, centers, depth, indexing="ij")  # token (row i, col j), depth k
+    planes = []
+    for a_u, a_v, a_d in PLANE_AXES:
+        p = torch.zeros(low_res, low_res, depth_samples, 3, device=device)
+        p[..., a_u], p[..., a_v], p[..., a_d] = u, v, d
+        planes.append(p.reshape(low_res * low_res, depth_samples, 3))
+    return torch.stack(planes)
+
+
+def project(points: Tensor, camera: Tensor) -> Tensor:
+    """World points [N, ..., 3] -> normalised image coordinates [N, ..., 2] in [0, 1] for cameras [N, 16]."""
+    n = camera.shape[0]
+    c2w = camera[:, :12].reshape(n, 3, 4)
+    fx, fy, cx, cy = camera[:, 12:16].unbind(-1)
+    flat = points.reshape(n, -1, 3)
+    cam = torch.einsum("nij,npi->npj", c2w[:, :, :3], flat - c2w[:, None, :, 3])  # R^T (X - t), OpenGL axes
+    depth = (-cam[..., 2]).clamp_min(1e-4)  # OpenGL looks along -z
+    u = fx[:, None] * cam[..., 0] / depth + cx[:, None]
+    v = fy[:, None] * -cam[..., 1] / depth + cy[:, None]  # image rows grow downwards
+    return torch.stack([u, v], -1).reshape(*points.shape[:-1], 2)
+
+
+class TriplaneLift(nn.Module):
+    """Patch features [N, 1 + h*w, C] + camera [N, 16] -> additions to the triplane tokens [N, 3*r*r, D]."""
+
+    def __init__(self, feat_dim: int, dim: int, low_res: int, depth_samples: int = 8):
+        super().__init__()
+        self.low_res, self.depth_samples = low_res, depth_samples
+        self.proj = nn.Linear(feat_dim, dim)
+
+    def forward(self, feats: Tensor, camera: Tensor) -> Tensor:
+        n, length, c = feats.shape
+        side = int(round((length - 1) ** 0.5))
+        fmap = feats[:, 1:].transpose(1, 2).reshape(n, c, side, side)  # (N, C, h, w), CLS dropped
+        points = token_points(self.low_res, self.depth_samples, feats.device).to(feats.dtype)
+        uv = project(points.expand(n, *points.shape), camera)  # (N, 3, r*r, K, 2)
+        grid = (uv * 2 - 1).reshape(n, -1, self.depth_samples, 2)  # (N, 3*r*r, K, 2)
+        sampled = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        pooled = sampled.mean(-1).transpose(1, 2)  # (N, 3*r*r, C): averaged along the missing axis
+        return self.proj(pooled)

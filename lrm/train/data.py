@@ -1,0 +1,122 @@
+"""Training data from procedural shapes: input views exactly as inference sees them, and 3D / ray supervision.
+
+Protocol (no hidden camera jitter): each object is normalised (bounding box centred, longest side 1.5), seen by
+OpenLRM's canonical input camera (distance 2, intrinsics 0.75 / 0.5), and the view goes through the same recentring
+as `lrm.preprocess` at inference. Targets live in the same normalised world frame: occupancy and colour at points
+(uniform and near the surface) and the colours of random rays from random orbit views.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..camera import get_rays, look_at_origin, render_cameras, source_camera
+from ..preprocess import image_to_tensor, recenter
+from .shapes import Shape, render_rgba, source_view_camera
+
+HELD_OUT_SEED = 10_000_000  # evaluation seeds start here; training seeds stay below
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    image_size: int = 128          # model input (source) size
+    render_size: int = 160         # the canonical view is rendered at this size, then recentred to image_size
+    foreground_ratio: float = 0.85
+    uniform_points: int = 2048
+    surface_points: int = 2048
+    surface_noise: float = 0.03
+    rays: int = 128
+    ray_view_size: int = 64
+
+
+def make_shape(seed: int, kind: str | None = None) -> Shape:
+    return Shape.random(seed, kind).normalized()
+
+
+def input_image(shape: Shape, spec: DataSpec) -> np.ndarray:
+    """The canonical view, recentred like `lrm.preprocess` -> uint8 RGB [S, S, 3] over white."""
+    _, camera = source_view_camera(2.0)
+    rgba = Image.fromarray(render_rgba(shape, camera, spec.render_size), "RGBA")
+    image = recenter(rgba, spec.foreground_ratio, spec.image_size)
+    return (image_to_tensor(image, spec.image_size)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _cache_worker(args):
+    seed, spec = args
+    return input_image(make_shape(seed), spec)
+
+
+def build_image_cache(seeds: list[int], spec: DataSpec, path: Path, workers: int = 2) -> np.ndarray:
+    """Input views of all seeds, computed once (in `workers` processes) and kept in an .npy file."""
+    path = Path(path)
+    if path.exists():
+        cached = np.load(path, mmap_mode="r")
+        if cached.shape == (len(seeds), spec.image_size, spec.image_size, 3):
+            return cached
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+    jobs = [(s, spec) for s in seeds]
+    with get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        images = list(tqdm(pool.imap(_cache_worker, jobs, chunksize=8), total=len(jobs), desc="input views"))
+    array = np.stack(images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+    return array
+
+
+def random_view_camera(rng: np.random.Generator, distance: float = 2.0) -> Tensor:
+    """A render camera [25] on a sphere around the object, elevation between -15 and 50 degrees."""
+    azimuth, elevation = rng.uniform(0, 2 * math.pi), rng.uniform(math.radians(-15), math.radians(50))
+    pos = torch.tensor([[distance * math.cos(elevation) * math.sin(azimuth),
+                         -distance * math.cos(elevation) * math.cos(azimuth),
+                         distance * math.sin(elevation)]], dtype=torch.float32)
+    return render_cameras(look_at_origin(pos))[0]
+
+
+def point_targets(shape: Shape, spec: DataSpec, rng: np.random.Generator) -> dict[str, Tensor]:
+    """Points [P, 3] with sdf [P] and shaded colour [P, 3]: uniform in the box and jittered around the surface."""
+    gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+    uniform = torch.rand(spec.uniform_points, 3, generator=gen) * 2 - 1
+    candidates = torch.rand(8 * spec.surface_points, 3, generator=gen) * 1.6 - 0.8
+    nearest = shape.sdf(candidates).abs().argsort()[: spec.surface_points]
+    surface = candidates[nearest] + torch.randn(spec.surface_points, 3, generator=gen) * spec.surface_noise
+    xyz = torch.cat([uniform, surface.clamp(-1, 1)])
+    return {"xyz": xyz, "sdf": shape.sdf(xyz), "color": shape.color(xyz)}
+
+
+def ray_targets(shape: Shape, spec: DataSpec, rng: np.random.Generator) -> dict[str, Tensor]:
+    """`rays` random pixels of a random view: origins, dirs [R, 3] and their true colour on white [R, 3]."""
+    camera = random_view_camera(rng)
+    origins, dirs = get_rays(camera[None], spec.ray_view_size)
+    pick = torch.from_numpy(rng.choice(origins.shape[1], spec.rays, replace=False))
+    o, d = origins[0, pick], dirs[0, pick]
+    rgb, _ = shape.trace(o, d)
+    return {"ray_o": o, "ray_d": d, "ray_rgb": rgb}
+
+
+class ShapeDataset(Dataset):
+    """Item i: input view of object `seeds[i]`, the canonical conditioning camera and fresh supervision samples."""
+
+    def __init__(self, seeds: list[int], images: np.ndarray, spec: DataSpec, seed: int = 0):
+        self.seeds, self.images, self.spec = list(seeds), images, spec
+        self.rng = np.random.default_rng(seed)
+        self.camera = source_camera(2.0)[0]
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        shape = make_shape(self.seeds[i])
+        rng = np.random.default_rng([self.seeds[i], int(self.rng.integers(2 ** 62))])
+        image = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1).float() / 255
+        return {"image": image, "camera": self.camera, **point_targets(shape, self.spec, rng),
+                **ray_targets(shape, self.spec, rng)}
