@@ -26,7 +26,7 @@ import torch
 
 import lrm
 from lrm.config import LRMConfig, infer_defaults_for
-from lrm.hub import RELEASED_MODELS, V10_MODELS, CheckpointError
+from lrm.hub import DEMO_MODEL, DEMO_MODEL_DIR, RELEASED_MODELS, V10_MODELS
 from lrm.pipeline import reconstruct_steps
 from lrm.preprocess import ImageError
 
@@ -65,12 +65,15 @@ def released_render_size(repo_id: str) -> int | None:
     return {"small": 192, "base": 288, "large": 384}[size]
 
 
-def local_render_size(path: Path) -> int | None:
-    """Render size of a local v1.1 checkpoint from its config.json (cheap); None when the weights must be read."""
-    config = (path if path.is_dir() else path.parent) / "config.json"
+def local_defaults(path: Path):
+    """Inference defaults of a local v1.1 checkpoint from its config.json / infer.json (cheap, no weights read);
+    None when they are not there (v1.0 keeps them inside model.pth)."""
+    import json
+    folder = path if path.is_dir() else path.parent
     try:
-        import json
-        return infer_defaults_for(LRMConfig.from_dict(json.loads(config.read_text()))).render_size
+        config = LRMConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        infer = json.loads((folder / "infer.json").read_text()) if (folder / "infer.json").is_file() else None
+        return infer_defaults_for(config, infer)
     except (OSError, ValueError):
         return None
 
@@ -90,6 +93,8 @@ def hub_is_offline() -> bool:
 
 def is_available(source: str) -> bool:
     """Can `source` be loaded now: a local path, or a Hub model already in the cache, or the Hub is reachable."""
+    if source == DEMO_MODEL:
+        return DEMO_MODEL_DIR.is_dir()
     if Path(source).expanduser().exists():
         return True
     from huggingface_hub import try_to_load_from_cache
@@ -120,22 +125,27 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 class ModelCache:
-    """Keeps one model in memory; switching models frees the previous one first."""
+    """Keeps one model in memory; switching models frees the previous one first.
+
+    A Hub model that cannot be obtained (offline, not cached) is replaced by the embedded demo model; `note` then
+    says so.
+    """
 
     def __init__(self, device: str):
         self.device = device
         self.source: str | None = None
         self.model: lrm.LRM | None = None
+        self.note: str | None = None
         self._lock = threading.Lock()
 
     def get(self, source: str) -> lrm.LRM:
         with self._lock:
             if source != self.source:
-                self.model, self.source = None, None
+                self.model, self.source, self.note = None, None, None
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                self.model = lrm.load_model(source, device=self.device)
+                self.model, self.note = lrm.load_model_or_demo(source, device=self.device)
                 self.source = source
             return self.model
 
@@ -181,11 +191,12 @@ class Sessions:
 
 @dataclass
 class Defaults:
-    """Reference Gradio settings (OpenLRM configs/infer-gradio.yaml); the frame size follows the chosen model."""
+    """Reference Gradio settings (OpenLRM configs/infer-gradio.yaml); the frame size and, unless set here, the mesh
+    resolution follow the chosen model (384 for the released ones)."""
     remove_background: bool = True
     foreground_ratio: float = 0.85
     source_distance: float = 2.0
-    mesh_resolution: int = 384
+    mesh_resolution: int | None = None
     threshold: float = 3.0
     video: bool = True
     views: int = 100
@@ -213,28 +224,40 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
     cache = ModelCache(device)
 
     local = [Choice(local_label(m), str(m)) if Path(m).expanduser().exists() else Choice(m, m) for m in models or []]
+    if DEMO_MODEL_DIR.is_dir() and DEMO_MODEL not in {c.source for c in local}:
+        local.append(Choice(f"{DEMO_MODEL} (offline demo model, synthetic shapes)", DEMO_MODEL))
     released = [Choice(m, m) for m in RELEASED_MODELS if m not in {c.source for c in local}]
     choices = local + released
     available = {c.source: is_available(c.source) for c in local + [Choice(DEFAULT_MODEL, DEFAULT_MODEL)]}
-    default = next((c.source for c in local if available[c.source]), None)
-    if default is None:
-        default = DEFAULT_MODEL if available[DEFAULT_MODEL] or not local else local[0].source
+    given = [c.source for c in local if c.source != DEMO_MODEL and available[c.source]]
+    if given:
+        default = given[0]
+    elif available[DEFAULT_MODEL] or not local:
+        default = DEFAULT_MODEL
+    else:
+        default = local[0].source
     banner = ""
-    if not available.get(default, True) or hub_is_offline() or not any(available.values()):
+    if not available[DEFAULT_MODEL]:
+        labels = {c.source: c.label for c in local}
         usable = [c.label for c in local if available[c.source]]
         banner = ("**Offline:** the Hugging Face Hub cannot be reached, so released OpenLRM models that are not "
-                  "already downloaded cannot be used. " + (f"Available here: {', '.join(usable)}." if usable else
-                  "No local model was given: start with `python app.py --model PATH/TO/CHECKPOINT`."))
+                  "already downloaded cannot be used. " +
+                  (f"Running **{labels.get(default, default)}**; available here: {', '.join(usable)}." if usable else
+                   "No local model was given: start with `python app.py --model PATH/TO/CHECKPOINT`."))
 
-    def render_size_of(source: str) -> int:
-        path = Path(source).expanduser()
-        size = local_render_size(path) if path.exists() else released_render_size(source)
-        if size is None:
-            try:
-                size = cache.get(source).infer_defaults.render_size
-            except (ValueError, FileNotFoundError):
-                size = 192
-        return size
+    def settings_of(source: str) -> tuple[int, int]:
+        """(frame size, mesh resolution) that go with a model, without loading it when possible."""
+        path = DEMO_MODEL_DIR if source == DEMO_MODEL else Path(source).expanduser()
+        found = local_defaults(path) if path.exists() else None
+        if found is not None:
+            return found.render_size, found.mesh_size
+        if not path.exists() and released_render_size(source):
+            return released_render_size(source), 384
+        try:
+            found = cache.get(source).infer_defaults
+            return found.render_size, found.mesh_size
+        except (ValueError, FileNotFoundError):
+            return 192, 384
 
     # ---- handlers -------------------------------------------------------------------------------------------
 
@@ -274,6 +297,8 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
             model = cache.get(model_source)
         except (ValueError, FileNotFoundError) as err:
             raise _user_error(err) from None
+        if cache.note:
+            gr.Warning(cache.note, title="Using the offline demo model")
         out = sessions.new_run(request)
         n_views, with_video = int(views), bool(video)
         weights = {"planes": (0.0, 0.1), "mesh": (0.1, 0.5 if with_video else 1.0), "video": (0.5, 1.0)}
@@ -306,12 +331,15 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         stages = " · ".join(f"{k} {v:.2f} s" for k, v in result.timings.items() if k != "preprocess")
         total = sum(v for k, v in result.timings.items() if k != "preprocess")
         mesh_info = f"; mesh {len(result.mesh.vertices):,} vertices" if result.mesh is not None else ""
-        summary = f"**Done** in {total:.2f} s ({stages}) with `{model_source}` on {device}{mesh_info}."
+        who = (f"`{DEMO_MODEL}` (the offline demo model: `{model_source}` is not available here)" if cache.note
+               else f"`{model_source}`")
+        summary = f"**Done** in {total:.2f} s ({stages}) with {who} on {device}{mesh_info}."
         yield (str(files["glb"]) if "glb" in files else None, str(files["mp4"]) if "mp4" in files else None,
                *buttons, summary)
 
     def on_model_change(source):
-        return gr.Slider(value=render_size_of(source))
+        frame_size, mesh_size = settings_of(source)
+        return gr.Slider(value=frame_size), gr.Slider(value=mesh_size)
 
     # ---- layout ---------------------------------------------------------------------------------------------
 
@@ -344,12 +372,13 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                 ratio = gr.Slider(0.5, 1.0, defaults.foreground_ratio, step=0.05, label="Foreground ratio")
                 distance = gr.Slider(1.0, 3.5, defaults.source_distance, step=0.1, label="Source camera distance")
             with gr.Row():
-                mesh_res = gr.Slider(32, 512, defaults.mesh_resolution, step=32, label="Mesh resolution")
+                mesh_res = gr.Slider(32, 512, defaults.mesh_resolution or settings_of(default)[1], step=32,
+                                     label="Mesh resolution")
                 threshold = gr.Slider(0.5, 20.0, defaults.threshold, step=0.5, label="Density threshold")
                 video_on = gr.Checkbox(defaults.video, label="Render video")
                 views = gr.Slider(8, 200, defaults.views, step=1, label="Video views")
                 fps = gr.Slider(5, 60, defaults.fps, step=1, label="FPS")
-                frame = gr.Slider(64, 512, render_size_of(default), step=16, label="Frame size")
+                frame = gr.Slider(64, 512, settings_of(default)[0], step=16, label="Frame size")
         outputs = [m3d, vid, dl_glb, dl_obj, dl_ply, dl_mp4, timings]
         settings = [model, distance, mesh_res, threshold, video_on, views, fps, frame]
 
@@ -359,15 +388,16 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         run = run.success(preprocess_image, [inp, remove_bg, ratio], [pre], api_name="preprocess",
                           concurrency_limit=2, concurrency_id="preprocess")
         run.success(generate, [pre] + settings, outputs, api_name="generate")
-        model.change(on_model_change, [model], [frame], api_visibility="private")
+        model.change(on_model_change, [model], [frame, mesh_res], api_visibility="private")
 
         examples = sorted(EXAMPLES_DIR.glob("*.png"))
         if examples:
             def example(image, request: gr.Request, progress=gr.Progress()):
                 pre_image = preprocess_image(image, defaults.remove_background, defaults.foreground_ratio, request)
-                *_, last = generate(pre_image, default, defaults.source_distance, defaults.mesh_resolution,
-                                    defaults.threshold, defaults.video, defaults.views, defaults.fps,
-                                    render_size_of(default), request, progress)
+                frame_size, mesh_size = settings_of(default)
+                *_, last = generate(pre_image, default, defaults.source_distance,
+                                    defaults.mesh_resolution or mesh_size, defaults.threshold, defaults.video,
+                                    defaults.views, defaults.fps, frame_size, request, progress)
                 return (pre_image, *last)
 
             gr.Examples([[str(p)] for p in examples], inputs=[inp], outputs=[pre] + outputs, fn=example,

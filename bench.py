@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small architecture, fewer fitting steps and reference "
                    "frames: a few minutes on 2 CPU cores")
+    p.add_argument("--smoke", action="store_true", help="a tiny run of every stage (a check that it works, not a "
+                   "measurement): small architecture, 48^3 mesh, 4 frames")
     p.add_argument("--arch", default=None, help="comma-separated: small, base [default: small,base; quick: small]")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--mesh", type=int, default=256, help="mesh resolution [256]")
@@ -208,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-steps", type=int, default=None, help="plane fitting steps [300; quick 150]")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.quick, args.mesh, args.views = True, 48, 4
+        args.ref_frames, args.fit_steps = args.ref_frames or 1, args.fit_steps or 60
     args.arch = args.arch or ("small" if args.quick else "small,base")
     args.ref_frames = args.ref_frames or (3 if args.quick else 8)
     args.fit_steps = args.fit_steps or (150 if args.quick else 300)

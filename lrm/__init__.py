@@ -11,8 +11,8 @@ Shape letters used throughout: N batch, M views, L tokens, D/C channels, H/W spa
 
 from .camera import get_rays, orbit_cameras, source_camera
 from .config import InferDefaults, LRMConfig
-from .hub import (RELEASED_MODELS, CheckpointError, convert_state_dict, export_state_dict, load_model,
-                  read_checkpoint, save_pretrained)
+from .hub import (DEMO_MODEL, RELEASED_MODELS, CheckpointError, ModelUnavailableError, convert_state_dict,
+                  export_state_dict, load_model, load_model_or_demo, read_checkpoint, save_pretrained)
 from .mesh import export_mesh, extract_mesh
 from .model import LRM
 from .pipeline import Reconstruction, reconstruct
@@ -20,8 +20,8 @@ from .preprocess import ImageError, image_to_tensor, preprocess
 from .video import render_video
 
 __all__ = [
-    "LRM", "LRMConfig", "InferDefaults", "CheckpointError", "RELEASED_MODELS",
-    "load_model", "read_checkpoint", "save_pretrained", "convert_state_dict", "export_state_dict",
+    "LRM", "LRMConfig", "InferDefaults", "CheckpointError", "ModelUnavailableError", "RELEASED_MODELS", "DEMO_MODEL",
+    "load_model", "load_model_or_demo", "read_checkpoint", "save_pretrained", "convert_state_dict", "export_state_dict",
     "image_to_tensor", "source_camera", "orbit_cameras", "get_rays",
     "preprocess", "ImageError", "extract_mesh", "export_mesh", "render_video", "reconstruct", "Reconstruction",
 ]

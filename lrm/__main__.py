@@ -68,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        model = lrm.load_model(args.model, device=args.device)
+        model, note = lrm.load_model_or_demo(args.model, device=args.device)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: cannot load model {args.model!r}: {err}", file=sys.stderr)
         return 2
-    print(f"model {args.model} ({model.release}) loaded in {time.perf_counter() - start:.1f}s on {args.device}")
+    if note:
+        print(f"NOTE: {note}", file=sys.stderr)
+    print(f"model {model.source} ({model.release}) loaded in {time.perf_counter() - start:.1f}s on {args.device}")
 
     failures = 0
     bar = tqdm(total=len(images) * len(STAGES), unit="stage", dynamic_ncols=True)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -37,6 +38,12 @@ class LRMConfig:
     # Extensions of this project (not in any OpenLRM release; their defaults leave released checkpoints unchanged and
     # they are written to config.json only when set).
     triplane_lift: bool = False  # add image features lifted onto the triplane tokens (lrm/lift.py)
+    triplane_lift_rgb: bool = False  # add the input image's colours lifted onto the planes (lrm/lift.py)
+    # raw density = density_scale * (decoder output) + density_shift. Training uses a scale > 1 to reach opaque
+    # densities quickly; a calibrated pair k, 3.95 (1 - k) sharpens a trained field around the density-3.0 surface
+    # (raw 3.95) without moving it (lrm/train/calibrate.py).
+    density_scale: float = 1.0
+    density_shift: float = 0.0
 
     @classmethod
     def from_dict(cls, kwargs: Mapping[str, Any]) -> "LRMConfig":
@@ -84,13 +91,20 @@ class LRMConfig:
                              f"({self.triplane_low_res})")
         if self.rendering_samples_per_ray < 4:
             raise ValueError("rendering_samples_per_ray must be at least 4 (half coarse, half importance)")
-        if not isinstance(self.triplane_lift, bool):
-            raise ValueError(f"config.triplane_lift must be true or false, got {self.triplane_lift!r}")
+        for name in ("triplane_lift", "triplane_lift_rgb"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config.{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.density_scale, (int, float)) or isinstance(self.density_scale, bool) \
+                or not self.density_scale > 0:
+            raise ValueError(f"config.density_scale must be a positive number, got {self.density_scale!r}")
+        if not isinstance(self.density_shift, (int, float)) or isinstance(self.density_shift, bool) \
+                or not math.isfinite(self.density_shift):
+            raise ValueError(f"config.density_shift must be a finite number, got {self.density_shift!r}")
         if self.encoder_type.lower() not in ("dino", "dinov2"):
             raise ValueError(f"encoder_type must be 'dino' or 'dinov2', got {self.encoder_type!r}")
 
 
-EXTENSIONS = ("triplane_lift",)
+EXTENSIONS = ("triplane_lift", "triplane_lift_rgb", "density_scale", "density_shift")
 _EXTENSION_DEFAULTS = {f.name: f.default for f in fields(LRMConfig) if f.name in EXTENSIONS}
 _OPTIONAL.update(_EXTENSION_DEFAULTS)
 

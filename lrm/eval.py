@@ -65,13 +65,19 @@ def evaluate_object(model: lrm.LRM, seed: int, kind: str | None, spec: DataSpec,
     union = (occ_pred | occ_true).sum()
     rng = np.random.default_rng(seed)
     cd = chamfer(_surface_points(pred, THRESHOLD, 5000, rng), _surface_points(-true_sdf, 0.0, 5000, rng))
+    return {"seed": seed, "kind": kind or "union", "iou": float((occ_pred & occ_true).sum() / max(union, 1)),
+            "chamfer": cd, "chamfer_voxels": cd / (2 / (GRID - 1)), "psnr": novel_view_psnr(model, planes, shape,
+                                                                                               view_size)}
+
+
+@torch.inference_mode()
+def novel_view_psnr(model: lrm.LRM, planes: torch.Tensor, shape, view_size: int = 64) -> float:
+    """Mean PSNR (dB) of the model's renders of `novel_cameras()` against the true object on white."""
     cams = novel_cameras()
     rendered = model.render_views(planes, cams, view_size)["rgb"].clamp(0, 1)
     truth, _ = shape.render(cams, view_size)
     mse = ((rendered - truth) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-    return {"seed": seed, "kind": kind or "union", "iou": float((occ_pred & occ_true).sum() / max(union, 1)),
-            "chamfer": cd, "chamfer_voxels": cd / (2 / (GRID - 1)),
-            "psnr": float((10 * torch.log10(1 / mse)).mean())}
+    return float((10 * torch.log10(1 / mse)).mean())
 
 
 def evaluate(model: lrm.LRM, per_kind: int = 4, unions: int = 12, spec: DataSpec | None = None) -> dict:
@@ -108,11 +114,25 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for source in args.models:
         model = lrm.load_model(source)
-        results[source] = evaluate(model, args.per_kind, args.unions)
+        results[source] = evaluate(model, args.per_kind, args.unions) | training_progress(source)
         print(f"\n{source}\n{format_table(results[source]['summary'])}")
+    if len(results) > 1:  # several checkpoints, e.g. runs/demo/checkpoints/*: the curve against training time
+        print(f"\n{'checkpoint':<40} {'step':>6} {'minutes':>8} {'IoU@64':>7} {'PSNR dB':>8}")
+        for source, r in results.items():
+            print(f"{source:<40} {r.get('step', -1):>6} {r.get('minutes', float('nan')):>8.1f} "
+                  f"{r['summary']['all']['iou']:>7.3f} {r['summary']['all']['psnr']:>8.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def training_progress(source: str) -> dict:
+    """Step and training minutes of a checkpoint written by `python -m lrm.train` (empty for other models)."""
+    state = Path(source) / "trainer_state.pt"
+    if not state.is_file():
+        return {}
+    state = torch.load(state, map_location="cpu", weights_only=True)
+    return {"step": int(state["step"]), "minutes": round(float(state["elapsed"]) / 60, 2)}
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ class ProjectedField:
     """The triplane field with the decoder's first layer folded into the planes (sample 64 channels, not 3C)."""
 
     def __init__(self, model, planes: Tensor):
-        net = model.synthesizer.decoder.net
+        self.decoder = model.synthesizer.decoder
+        net = self.decoder.net
         first = net[0]
         c = planes.shape[2]
         weights = first.weight.view(first.out_features, 3, c)  # plane-major concatenation of the features
@@ -46,9 +47,7 @@ class ProjectedField:
         uv = torch.stack([xyz[:, [0, 1]], xyz[:, [0, 2]], xyz[:, [2, 1]]])  # (3, P, 2)
         h = F.grid_sample(self.planes, uv.unsqueeze(1).to(self.planes.dtype), mode="bilinear", padding_mode="zeros",
                           align_corners=False)  # (3, hidden, 1, P)
-        x = self.rest(h.sum(0)[:, 0].T + self.bias)  # (P, 4)
-        rgb = torch.sigmoid(x[:, 1:]) * (1 + 2 * 0.001) - 0.001  # sigmoid clamping from MipNeRF
-        return x[:, :1], rgb
+        return self.decoder.outputs(self.rest(h.sum(0)[:, 0].T + self.bias))  # (P, 1), (P, 3)
 
     def query(self, xyz: Tensor, chunk: int = 2 ** 18) -> tuple[Tensor, Tensor]:
         outs = [self(xyz[i:i + chunk]) for i in range(0, xyz.shape[0], chunk)]

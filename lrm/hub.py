@@ -34,6 +34,16 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be found, read or loaded; the message says what to do."""
 
 
+class ModelUnavailableError(CheckpointError):
+    """A Hub model cannot be obtained now (offline, or the Hub unreachable) and is not in the local cache."""
+
+
+# The project's own small model, trained on procedural shapes (models/lrm-demo-shapes/README.md): it is in the
+# repository, so it works without any network. Loadable by this name or by its folder.
+DEMO_MODEL = "lrm-demo-shapes"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / DEMO_MODEL
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Key conversion: one pure function for every released layout.
 
@@ -150,7 +160,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"{path.name} needs the config.json of its release next to it ({config_path}).")
         config = _config_from(_read_json(config_path), str(config_path))
         raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
-        return Checkpoint(config, _state_dict_from(raw, str(path)), None, "1.1", str(path))
+        # This project's checkpoints may carry their inference settings in infer.json (the releases do not).
+        infer_path = path.with_name("infer.json")
+        infer = _read_json(infer_path) if infer_path.is_file() else None
+        return Checkpoint(config, _state_dict_from(raw, str(path)), infer, "1.1", str(path))
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
         obj = _read_torch(path)
         if isinstance(obj, Mapping) and "weights" in obj and "kwargs" in obj:
@@ -195,15 +208,15 @@ def _hub_download(repo_id: str, filename: str, revision: str | None) -> Path:
     except RevisionNotFoundError:
         raise CheckpointError(f"{repo_id} has no revision {revision!r}.") from None
     except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError)
-        raise CheckpointError(
+        raise ModelUnavailableError(
             f"Cannot get {repo_id}/{filename}: the Hugging Face Hub cannot be reached (offline, or HF_HUB_OFFLINE=1) "
             "and the file is not in the local cache. Connect once to download it, or pass a local checkpoint "
             "folder.") from None
     except EntryNotFoundError:
         raise  # the caller tries the next file layout
     except (HfHubHTTPError, OSError) as err:
-        raise CheckpointError(f"Downloading {repo_id}/{filename} failed: {err}. Check the network and try "
-                              "again, or pass a local checkpoint folder.") from None
+        raise ModelUnavailableError(f"Downloading {repo_id}/{filename} failed: {err}. Check the network and try "
+                                    "again, or pass a local checkpoint folder.") from None
 
 
 def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
@@ -213,6 +226,8 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
     if path.exists():
         return path
     text = str(source).strip()
+    if text == DEMO_MODEL:
+        return DEMO_MODEL_DIR
     filename = _first_release_file(text)
     if filename:
         return _hub_download(FIRST_RELEASE_REPO, filename, revision)
@@ -230,8 +245,8 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
             except EntryNotFoundError:
                 continue
     except CheckpointError as err:
-        raise CheckpointError(f"{text!r} is not a local path, so it was looked up on the Hugging Face Hub as "
-                              f"{repo_id!r}: {err}") from None
+        raise type(err)(f"{text!r} is not a local path, so it was looked up on the Hugging Face Hub as "
+                        f"{repo_id!r}: {err}") from None
     raise CheckpointError(f"{repo_id} holds no OpenLRM checkpoint (no model.safetensors + config.json, no model.pth).")
 
 
@@ -285,15 +300,35 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu", dt
     return model_from_checkpoint(read_checkpoint(resolve(source, revision)), device, dtype)
 
 
+def load_model_or_demo(source: str | os.PathLike, device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32) -> tuple[LRM, str | None]:
+    """`load_model(source)`, or the embedded demo model when `source` is a Hub model that cannot be obtained now.
+
+    Returns the model and, when it fell back, a note saying which model runs and why. Other errors (an unknown or
+    damaged local file, tensors that do not fit) are raised as they are.
+    """
+    try:
+        return load_model(source, device, dtype), None
+    except ModelUnavailableError as err:
+        if not DEMO_MODEL_DIR.is_dir():
+            raise
+        note = (f"Using the embedded demo model '{DEMO_MODEL}' (trained on synthetic primitives only) because "
+                f"{source} is not available: {err}")
+        return load_model(DEMO_MODEL_DIR, device, dtype), note
+
+
 def save_pretrained(model: LRM, folder: str | os.PathLike, release: str = "1.1",
                     infer: Mapping[str, Any] | None = None) -> Path:
-    """Write `model` in a release's on-disk format: "1.1" -> config.json + model.safetensors, "1.0" -> model.pth."""
+    """Write `model` in a release's on-disk format: "1.1" -> config.json + model.safetensors (+ infer.json with
+    `infer` settings when given), "1.0" -> model.pth (with `infer` as kwargs['infer'])."""
     from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in export_state_dict(model.state_dict(), release).items()}
     if release == "1.1":
         (folder / "config.json").write_text(json.dumps(model.config.to_dict()))
+        if infer:
+            (folder / "infer.json").write_text(json.dumps(dict(infer)))
         save_file(state, str(folder / "model.safetensors"))
         return folder / "model.safetensors"
     if model.config.encoder_type != "dino":

@@ -1,9 +1,13 @@
 """Image features lifted onto the triplane tokens (an extension of this project, `config.triplane_lift`).
 
-For every token of every plane, points spread along the plane's missing axis are projected into the input image with
-the conditioning camera, and the encoder's patch features there are averaged. For the canonical camera this samples
-the frontal (x, z) plane at the projection of each texel and pools the other two planes along image rows / columns.
+Points of each plane token are projected into the input image with the conditioning camera and the encoder's patch
+features there are averaged. The frontal (x, z) plane, whose missing axis y is the canonical camera's depth, is
+sampled at y = 0 only (averaging along the depth would smear it radially: perspective); the (x, y) and (z, y) planes,
+whose missing axes lie across the view, average points spread along them, i.e. they pool image columns / rows.
 A fixed geometric prior: it tells a small model trained from scratch where the image is, so it learns fast.
+
+`config.triplane_lift_rgb` lifts the input image's own colours the same way, per texel of the output planes, through
+a learned linear map into the plane channels: a small model trained briefly otherwise keeps its colours grey.
 """
 
 from __future__ import annotations
@@ -15,17 +19,20 @@ from torch import Tensor, nn
 # Plane axes of the triplane field (lrm/renderer.py): plane 0 samples (x, y), 1 (x, z), 2 (z, y) as (u = width,
 # v = height); the third entry is the missing axis.
 PLANE_AXES = ((0, 1, 2), (0, 2, 1), (2, 1, 0))
+FRONTAL_DEPTH_AXIS = 1  # y: the viewing direction of OpenLRM's canonical input camera
 
 
 def token_points(low_res: int, depth_samples: int, device=None) -> Tensor:
-    """World points [3, h*w, K, 3] for the h x w tokens of each plane, K samples along the missing axis."""
+    """World points [3, h*w, K, 3] for the h x w tokens of each plane, K samples along the missing axis (all at 0
+    for the frontal plane)."""
     centers = (torch.arange(low_res, dtype=torch.float32, device=device) * 2 + 1) / low_res - 1  # texel centres
     depth = (torch.arange(depth_samples, dtype=torch.float32, device=device) * 2 + 1) / depth_samples - 1
     v, u, d = torch.meshgrid(centers, centers, depth, indexing="ij")  # token (row i, col j), depth k
     planes = []
     for a_u, a_v, a_d in PLANE_AXES:
         p = torch.zeros(low_res, low_res, depth_samples, 3, device=device)
-        p[..., a_u], p[..., a_v], p[..., a_d] = u, v, d
+        p[..., a_u], p[..., a_v] = u, v
+        p[..., a_d] = 0 if a_d == FRONTAL_DEPTH_AXIS else d
         planes.append(p.reshape(low_res * low_res, depth_samples, 3))
     return torch.stack(planes)
 
@@ -61,3 +68,22 @@ class TriplaneLift(nn.Module):
         sampled = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         pooled = sampled.mean(-1).transpose(1, 2)  # (N, 3*r*r, C): averaged along the missing axis
         return self.proj(pooled)
+
+
+class ColorLift(nn.Module):
+    """Input image [N, 3, S, S] + camera [N, 16] -> additions to the planes [N, 3, C, R, R] (R = high res)."""
+
+    def __init__(self, triplane_dim: int, high_res: int, depth_samples: int = 8):
+        super().__init__()
+        self.high_res, self.depth_samples = high_res, depth_samples
+        self.proj = nn.Linear(3, triplane_dim)
+
+    def forward(self, image: Tensor, camera: Tensor) -> Tensor:
+        n, r = image.shape[0], self.high_res
+        points = token_points(r, self.depth_samples, image.device).to(image.dtype)
+        uv = project(points.expand(n, *points.shape), camera)  # (N, 3, r*r, K, 2)
+        grid = (uv * 2 - 1).reshape(n, -1, self.depth_samples, 2)
+        # outside the image is the white background
+        sampled = F.grid_sample(image - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1
+        pooled = sampled.mean(-1).transpose(1, 2)  # (N, 3*r*r, 3)
+        return self.proj(pooled).view(n, 3, r, r, -1).permute(0, 1, 4, 2, 3)  # (N, 3, C, r, r)

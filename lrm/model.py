@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .camera import get_rays
 from .config import InferDefaults, LRMConfig, infer_defaults_for
 from .encoder import ImageEncoder, encoder_spec
-from .lift import TriplaneLift
+from .lift import ColorLift, TriplaneLift
 from .renderer import RayBundle, TriplaneField, density_activation, render_rays, view_ray_limits
 from .transformer import CameraEmbedder, TriplaneTransformer
 
@@ -36,9 +36,11 @@ class LRM(nn.Module):
         self.transformer = TriplaneTransformer(d, config.transformer_layers, config.transformer_heads,
                                                cond_dim=config.encoder_feat_dim, mod_dim=config.camera_embed_dim)
         self.upsampler = nn.ConvTranspose2d(d, config.triplane_dim, kernel_size=2, stride=2)
-        self.synthesizer = TriplaneField(config.triplane_dim)
+        self.synthesizer = TriplaneField(config.triplane_dim, config.density_scale, config.density_shift)
         if config.triplane_lift:  # project extension; absent from (and not loaded for) released checkpoints
             self.lift = TriplaneLift(config.encoder_feat_dim, d, config.triplane_low_res)
+        if config.triplane_lift_rgb:
+            self.lift_rgb = ColorLift(config.triplane_dim, 2 * config.triplane_low_res)
 
     @property
     def device(self) -> torch.device:
@@ -66,10 +68,16 @@ class LRM(nn.Module):
         h = w = self.config.triplane_low_res
         x = tokens.view(n, 3, h, w, -1).permute(0, 1, 4, 2, 3).reshape(n * 3, -1, h, w)  # (N*3, D, h, w)
         x = self.upsampler(x)  # (N*3, C, 2h, 2w)
-        return x.view(n, 3, *x.shape[1:])  # (N, 3, C, 2h, 2w)
+        planes = x.view(n, 3, *x.shape[1:])  # (N, 3, C, 2h, 2w)
+        if self.config.triplane_lift_rgb:
+            planes = planes + self.lift_rgb(image, camera)
+        return planes
 
     def query_points(self, planes: Tensor, xyz: Tensor, chunk: int = POINT_CHUNK) -> tuple[Tensor, Tensor]:
         """Field at points xyz [N, P, 3] -> (activated density sigma [N, P, 1], rgb [N, P, 3]), in point chunks."""
+        if xyz.shape[1] == 0:  # e.g. the vertices of an empty mesh
+            empty = planes.new_zeros(xyz.shape[0], 0, 1)
+            return empty, planes.new_zeros(xyz.shape[0], 0, 3)
         sigmas, rgbs = [], []
         for start in range(0, xyz.shape[1], chunk):
             sigma, rgb = self.synthesizer(planes, xyz[:, start:start + chunk].to(planes))

@@ -39,8 +39,10 @@ def sample_triplane(planes: Tensor, xyz: Tensor) -> Tensor:
 class TriplaneDecoder(nn.Module):
     """OpenLRM's OSGDecoder: concatenated plane features 3C -> 64 -> 64 -> 64 -> 4 with ReLU (view direction unused)."""
 
-    def __init__(self, triplane_dim: int, hidden: int = 64):
+    def __init__(self, triplane_dim: int, hidden: int = 64, density_scale: float = 1.0, density_shift: float = 0.0):
         super().__init__()
+        # raw = scale * output + shift; 1 and 0 for every released model (config.density_scale / density_shift)
+        self.density_scale, self.density_shift = density_scale, density_shift
         self.net = nn.Sequential(nn.Linear(3 * triplane_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 4))
         for m in self.net:
@@ -50,17 +52,23 @@ class TriplaneDecoder(nn.Module):
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
         """feats [N, 3, P, C] -> raw density [N, P, 1], rgb [N, P, 3]."""
         n, _, p, c = feats.shape
-        x = self.net(feats.permute(0, 2, 1, 3).reshape(n, p, 3 * c))  # plane-major concatenation
+        return self.outputs(self.net(feats.permute(0, 2, 1, 3).reshape(n, p, 3 * c)))  # plane-major concatenation
+
+    def outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The MLP's 4 outputs [..., 4] -> raw density [..., 1], rgb [..., 3]."""
         rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001  # sigmoid clamping from MipNeRF
-        return x[..., :1], rgb
+        raw = x[..., :1]
+        if self.density_scale != 1 or self.density_shift != 0:
+            raw = raw * self.density_scale + self.density_shift
+        return raw, rgb
 
 
 class TriplaneField(nn.Module):
     """`synthesizer` of the checkpoints: only the decoder holds weights."""
 
-    def __init__(self, triplane_dim: int):
+    def __init__(self, triplane_dim: int, density_scale: float = 1.0, density_shift: float = 0.0):
         super().__init__()
-        self.decoder = TriplaneDecoder(triplane_dim)
+        self.decoder = TriplaneDecoder(triplane_dim, density_scale=density_scale, density_shift=density_shift)
 
     def forward(self, planes: Tensor, xyz: Tensor) -> tuple[Tensor, Tensor]:
         """planes [N, 3, C, H, W], xyz [N, P, 3] -> raw density [N, P, 1], rgb [N, P, 3]."""

@@ -106,11 +106,21 @@ def test_bad_inputs_become_readable_errors(server, tmp_path):
     with pytest.raises(AppError, match="upload an image"):
         client.predict(None, *SETTINGS, api_name="/generate")
     pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
-    with pytest.raises(AppError, match="cannot be reached"):  # offline, not cached: a message, not a dead app
-        client.predict(handle_file(pre), "zxhezexin/openlrm-mix-large-1.1", *SETTINGS[1:], api_name="/generate")
+    with pytest.raises(AppError, match="does not exist"):  # a load error is a message, not a dead app
+        client.predict(handle_file(pre), "./no/such/checkpoint", *SETTINGS[1:], api_name="/generate")
     # and the app still serves
     glb, *_ = client.predict(handle_file(pre), *SETTINGS, api_name="/generate")
     assert Path(glb).is_file()
+
+
+def test_unavailable_hub_model_falls_back_to_the_demo_model(server):
+    url, _ = server
+    client = Client(url, verbose=False)
+    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
+    glb, *_, summary = client.predict(handle_file(pre), "zxhezexin/openlrm-mix-large-1.1", *SETTINGS[1:],
+                                      api_name="/generate")  # offline and not cached
+    assert "lrm-demo-shapes" in summary and "not available" in summary
+    assert len(trimesh.load(glb, force="mesh").vertices) > 100
 
 
 def test_concurrent_sessions_get_their_own_files(server):
@@ -162,9 +172,14 @@ def test_model_menu_and_defaults():
     dropdown = next(c for c in config["components"] if c["props"].get("elem_id") == "model")
     values = [v[1] for v in dropdown["props"]["choices"]]
     assert values[0] == TINY and dropdown["props"]["value"] == TINY
-    assert set(app.RELEASED_MODELS) <= set(values)
+    assert values[1] == "lrm-demo-shapes" and set(app.RELEASED_MODELS) <= set(values)
     banner = next(c for c in config["components"] if c["props"].get("elem_id") == "banner")
     assert banner["props"]["visible"] and "Offline" in banner["props"]["value"]
+    # without a local checkpoint, offline: the embedded demo model is the default, and the banner says so
+    config = app.build_demo(None, "cpu", cache_examples=False).get_config_file()
+    dropdown = next(c for c in config["components"] if c["props"].get("elem_id") == "model")
+    banner = next(c for c in config["components"] if c["props"].get("elem_id") == "banner")
+    assert dropdown["props"]["value"] == "lrm-demo-shapes" and "lrm-demo-shapes" in banner["props"]["value"]
 
 
 def test_spaces_gpu_decorator_is_optional():

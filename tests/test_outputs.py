@@ -23,6 +23,7 @@ from lrm.video import render_video, video_cameras
 from conftest import REFCHECK
 
 TINY = REFCHECK / "refcheck-tiny-1.1" / "model"
+ROOT = REFCHECK.parent.parent.parent
 
 
 def disc_image(size=200, color=(220, 30, 30), background=(255, 255, 255), radius=0.25, center=(0.5, 0.5)):
@@ -278,5 +279,15 @@ def test_cli_module_entry_point_and_model_error(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "disc_rgba.glb").is_file() and not (tmp_path / "disc_rgba.mp4").exists()
     bad = subprocess.run([sys.executable, "-m", "lrm", str(REFCHECK / "inputs" / "disc_rgba.png"), "--model",
-                          "nobody/nothing", "--out", str(tmp_path)], capture_output=True, text=True)
+                          str(tmp_path / "no-such-model"), "--out", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "cannot load model" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_falls_back_to_the_demo_model_offline(tmp_path):
+    """The default Hub model is not reachable here (HF_HUB_OFFLINE=1, nothing cached): the embedded model runs."""
+    done = subprocess.run([sys.executable, "-m", "lrm", str(ROOT / "examples" / "torus.png"), "--out", str(tmp_path),
+                           "--mesh-resolution", "48", "--views", "4"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "NOTE: Using the embedded demo model 'lrm-demo-shapes'" in done.stderr
+    assert "openlrm-mix-base-1.1" in done.stderr
+    assert (tmp_path / "torus.glb").is_file() and (tmp_path / "torus.mp4").is_file()

@@ -12,7 +12,7 @@ import torch
 import lrm
 from lrm.train.data import DataSpec, ShapeDataset, input_image, make_shape, point_targets, ray_targets
 from lrm.train.shapes import KINDS, Shape
-from lrm.train.trainer import TrainConfig, train
+from lrm.train.trainer import PRESETS, TrainConfig, train
 
 
 def test_shapes_are_deterministic_and_normalised():
@@ -76,11 +76,16 @@ def test_smoke_training_learns_and_reloads(tmp_path):
     image = torch.full((1, 3, 64, 64), 0.5)
     assert model.forward_planes(image, lrm.source_camera()).shape == (1, 3, 8, 16, 16)
 
-    # resume: the step counter and the optimizer carry on
+    # resume: the step counter and the optimizer carry on; log rows written after the checkpoint by a run that then
+    # died (simulated) are dropped, so every step appears once
+    with open(out / "train_log.jsonl", "a") as log:
+        log.write(json.dumps({**rows[-1], "step": 65, "total": -1.0}) + "\n")
     cfg.steps = 70
     train(cfg)
-    steps = [r["step"] for r in _log(out)]
-    assert steps[-1] == 70 and 61 in steps
+    rows = _log(out)
+    steps = [r["step"] for r in rows]
+    assert steps[-1] == 70 and 61 in steps and steps == sorted(set(steps))
+    assert all(r["total"] >= 0 for r in rows)
 
 
 @pytest.mark.slow
@@ -95,3 +100,37 @@ def test_ddp_two_cpu_processes(tmp_path):
     rows = _log(tmp_path / "ddp")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # only rank 0 logs
     assert lrm.load_model(tmp_path / "ddp").config.triplane_lift
+
+
+def test_color_lift_puts_image_colours_where_the_canonical_camera_sees_them():
+    from lrm.lift import ColorLift
+    lift = ColorLift(triplane_dim=3, high_res=16)
+    with torch.no_grad():
+        lift.proj.weight.copy_(torch.eye(3))
+        lift.proj.bias.zero_()
+    image = torch.ones(1, 3, 64, 64)
+    image[:, 1:, :32, :32] = 0  # red top-left quarter: seen at x < 0 (image left), z > 0 (image top)
+    planes = lift(image, lrm.source_camera())  # (1, 3, 3, 16, 16): plane 1 is (x, z), rows follow z
+    front = planes[0, 1]
+    assert front.shape == (3, 16, 16)
+    red = (front[1] < 0.5) & (front[0] > 0.5)
+    assert red[12:, :4].all() and not red[:8].any() and not red[:, 12:].any()
+
+
+def test_density_calibration_keeps_the_surface():
+    from lrm.train.calibrate import sharpen
+    from lrm.train.trainer import OCCUPANCY_OFFSET
+    torch.manual_seed(0)
+    config = lrm.LRMConfig.from_dict(PRESETS["tiny"]["model"])
+    model = lrm.LRM(config).eval()
+    sharp = lrm.LRM(sharpen(config, 4.0)).eval()
+    sharp.load_state_dict(model.state_dict())
+    planes = torch.randn(1, 3, config.triplane_dim, 16, 16)
+    xyz = torch.rand(1, 500, 3) * 2 - 1
+    with torch.no_grad():
+        raw, rgb = model.synthesizer(planes, xyz)
+        raw4, rgb4 = sharp.synthesizer(planes, xyz)
+    assert torch.allclose(raw4, OCCUPANCY_OFFSET + 4 * (raw - OCCUPANCY_OFFSET), atol=1e-4) and torch.equal(rgb, rgb4)
+    assert torch.equal(raw > OCCUPANCY_OFFSET, raw4 > OCCUPANCY_OFFSET)  # the density-3.0 surface does not move
+    saved = json.loads(json.dumps(sharp.config.to_dict()))
+    assert saved["density_scale"] == 40.0 and lrm.LRMConfig.from_dict(saved) == sharp.config
