@@ -372,13 +372,14 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                 ratio = gr.Slider(0.5, 1.0, defaults.foreground_ratio, step=0.05, label="Foreground ratio")
                 distance = gr.Slider(1.0, 3.5, defaults.source_distance, step=0.1, label="Source camera distance")
             with gr.Row():
-                mesh_res = gr.Slider(32, 512, defaults.mesh_resolution or settings_of(default)[1], step=32,
+                frame_size, mesh_size = settings_of(default)
+                mesh_res = gr.Slider(32, 512, defaults.mesh_resolution or mesh_size, step=32,
                                      label="Mesh resolution")
                 threshold = gr.Slider(0.5, 20.0, defaults.threshold, step=0.5, label="Density threshold")
                 video_on = gr.Checkbox(defaults.video, label="Render video")
                 views = gr.Slider(8, 200, defaults.views, step=1, label="Video views")
                 fps = gr.Slider(5, 60, defaults.fps, step=1, label="FPS")
-                frame = gr.Slider(64, 512, settings_of(default)[0], step=16, label="Frame size")
+                frame = gr.Slider(64, 512, frame_size, step=16, label="Frame size")
         outputs = [m3d, vid, dl_glb, dl_obj, dl_ply, dl_mp4, timings]
         settings = [model, distance, mesh_res, threshold, video_on, views, fps, frame]
 
@@ -394,7 +395,6 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         if examples:
             def example(image, request: gr.Request, progress=gr.Progress()):
                 pre_image = preprocess_image(image, defaults.remove_background, defaults.foreground_ratio, request)
-                frame_size, mesh_size = settings_of(default)
                 *_, last = generate(pre_image, default, defaults.source_distance,
                                     defaults.mesh_resolution or mesh_size, defaults.threshold, defaults.video,
                                     defaults.views, defaults.fps, frame_size, request, progress)

@@ -50,6 +50,17 @@ def project(points: Tensor, camera: Tensor) -> Tensor:
     return torch.stack([u, v], -1).reshape(*points.shape[:-1], 2)
 
 
+def lift_image(fmap: Tensor, camera: Tensor, res: int, depth_samples: int) -> Tensor:
+    """A map [N, C, h, w] over the input image, sampled at the projections of each texel's points of an res x res
+    triplane and averaged along the missing axis -> [N, 3*res*res, C] (zero outside the image)."""
+    n = fmap.shape[0]
+    points = token_points(res, depth_samples, fmap.device).to(fmap.dtype)
+    uv = project(points.expand(n, *points.shape), camera)  # (N, 3, r*r, K, 2)
+    grid = (uv * 2 - 1).reshape(n, -1, depth_samples, 2)  # (N, 3*r*r, K, 2)
+    sampled = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return sampled.mean(-1).transpose(1, 2)  # (N, 3*r*r, C)
+
+
 class TriplaneLift(nn.Module):
     """Patch features [N, 1 + h*w, C] + camera [N, 16] -> additions to the triplane tokens [N, 3*r*r, D]."""
 
@@ -62,12 +73,7 @@ class TriplaneLift(nn.Module):
         n, length, c = feats.shape
         side = int(round((length - 1) ** 0.5))
         fmap = feats[:, 1:].transpose(1, 2).reshape(n, c, side, side)  # (N, C, h, w), CLS dropped
-        points = token_points(self.low_res, self.depth_samples, feats.device).to(feats.dtype)
-        uv = project(points.expand(n, *points.shape), camera)  # (N, 3, r*r, K, 2)
-        grid = (uv * 2 - 1).reshape(n, -1, self.depth_samples, 2)  # (N, 3*r*r, K, 2)
-        sampled = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        pooled = sampled.mean(-1).transpose(1, 2)  # (N, 3*r*r, C): averaged along the missing axis
-        return self.proj(pooled)
+        return self.proj(lift_image(fmap, camera, self.low_res, self.depth_samples))
 
 
 class ColorLift(nn.Module):
@@ -80,10 +86,5 @@ class ColorLift(nn.Module):
 
     def forward(self, image: Tensor, camera: Tensor) -> Tensor:
         n, r = image.shape[0], self.high_res
-        points = token_points(r, self.depth_samples, image.device).to(image.dtype)
-        uv = project(points.expand(n, *points.shape), camera)  # (N, 3, r*r, K, 2)
-        grid = (uv * 2 - 1).reshape(n, -1, self.depth_samples, 2)
-        # outside the image is the white background
-        sampled = F.grid_sample(image - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1
-        pooled = sampled.mean(-1).transpose(1, 2)  # (N, 3*r*r, 3)
+        pooled = lift_image(image - 1, camera, r, self.depth_samples) + 1  # outside the image: white background
         return self.proj(pooled).view(n, 3, r, r, -1).permute(0, 1, 4, 2, 3)  # (N, 3, C, r, r)

@@ -28,10 +28,15 @@ from .trainer import OCCUPANCY_OFFSET
 CANDIDATES = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
+def sharpened(scale: float, shift: float, k: float) -> tuple[float, float]:
+    """(scale, shift) of raw' = 3.95 + k (raw - 3.95) for raw = scale * output + shift."""
+    return scale * k, shift * k + OCCUPANCY_OFFSET * (1 - k)
+
+
 def sharpen(config: lrm.LRMConfig, k: float) -> lrm.LRMConfig:
     """The config whose raw density is 3.95 + k (raw - 3.95) of `config`'s."""
-    return dataclasses.replace(config, density_scale=config.density_scale * k,
-                               density_shift=config.density_shift * k + OCCUPANCY_OFFSET * (1 - k))
+    scale, shift = sharpened(config.density_scale, config.density_shift, k)
+    return dataclasses.replace(config, density_scale=scale, density_shift=shift)
 
 
 @torch.inference_mode()
@@ -48,7 +53,7 @@ def choose_sharpness(model: lrm.LRM, seeds: list[int], candidates=CANDIDATES, vi
     scores = {}
     try:
         for k in candidates:
-            decoder.density_scale, decoder.density_shift = base[0] * k, base[1] * k + OCCUPANCY_OFFSET * (1 - k)
+            decoder.density_scale, decoder.density_shift = sharpened(*base, k)
             scores[k] = float(np.mean([novel_view_psnr(model, planes, shape, view_size) for shape, planes in cases]))
     finally:
         decoder.density_scale, decoder.density_shift = base
