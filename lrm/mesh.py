@@ -70,14 +70,25 @@ def extract_mesh(model: LRM, planes: Tensor, resolution: int = 384, threshold: f
         raise ValueError(f"mode must be 'fast' or 'reference', got {mode!r}")
     with torch.inference_mode():
         if mode == "fast":
-            from .fast import FastField, fine_density_grid
+            from .fast import FastField
             fast = fast or FastField(model, planes)
-            grid = fine_density_grid(fast, resolution, threshold).cpu().numpy()
+            grid = fast.cache.density(resolution)
+            # marching cubes only over the bounding box of the surface (plus a vertex): same triangles, less scanning
+            above = grid >= threshold
+            lo = np.zeros(3, dtype=np.int64)
+            if above.any():
+                spans = [torch.nonzero(above.any(dim=tuple(d for d in range(3) if d != axis))).squeeze(1)
+                         for axis in range(3)]
+                lo = np.array([max(int(a[0]) - 1, 0) for a in spans])
+                hi = [min(int(a[-1]) + 2, resolution) for a in spans]
+                grid = grid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            vertices, faces = mcubes.marching_cubes(np.ascontiguousarray(grid.cpu().numpy()), threshold)
+            vertices = vertices + lo
             if progress is not None:
                 progress(1, 1)
         else:
             grid = density_grid(model, planes, resolution, progress=progress).float().cpu().numpy()
-        vertices, faces = mcubes.marching_cubes(grid, threshold)
+            vertices, faces = mcubes.marching_cubes(grid, threshold)
         vertices = vertices / (resolution - 1) * 2 - 1
         colors = vertex_colors(model, planes, vertices)
     return trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors)

@@ -125,8 +125,9 @@ class LRM(nn.Module):
                     rays.jitter = torch.rand(n_coarse, r, generator=generator, device=near.device).T
                     rays.u = torch.rand(r, n_fine, generator=generator, device=near.device)
                 if mode == "fast":
-                    rgb, depth, weight = render_view_fast(field, origins[j], dirs[j], n_coarse, n_fine, background,
-                                                          rays.jitter, rays.u)
+                    camera = cameras[i, j].to(planes.device, torch.float32)
+                    rgb, depth, weight = render_view_fast(field, camera, origins[j], dirs[j], size, n_coarse, n_fine,
+                                                          background, rays.jitter, rays.u)
                     rgb_out[i, j], depth_out[i, j], weight_out[i, j] = rgb.T, depth.T, weight.T
                     if progress is not None:
                         progress(i * m + j + 1, n * m)

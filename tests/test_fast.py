@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import lrm
-from lrm.fast import FastField, ProjectedField, fine_density_grid, render_view_fast
-from lrm.mesh import density_grid, extract_mesh
+from lrm.fast import FastField, FieldCache, hit_mask, project_cells
+from lrm.mesh import extract_mesh, grid_points
 from lrm.train.data import make_shape
 from lrm.train.fit import fit_planes
 
@@ -32,24 +32,37 @@ def psnr(a, b):
     return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-12)))
 
 
-def test_projected_field_equals_the_decoder():
+def test_cache_holds_the_exact_field_at_its_vertices_and_interpolates_between():
     planes = fitted_planes()
-    xyz = torch.rand(1, 3000, 3) * 2.2 - 1.1  # also outside the box: zero padding must agree
+    fast = FastField(model(), planes)
+    r = fast.cache.resolution
+    near = fast.occupancy.vertices_near(r).reshape(-1)
+    idx = torch.nonzero(near).squeeze(1)[::97]
+    xyz = grid_points(r, idx)
     with torch.no_grad():
-        raw, rgb = model().synthesizer(planes, xyz)
-        raw2, rgb2 = ProjectedField(model(), planes)(xyz[0])
-    assert (raw[0] - raw2).abs().max() < 1e-4 and (rgb[0] - rgb2).abs().max() < 1e-5
+        raw, rgb = model().synthesizer(planes, xyz[None])
+        raw2, rgb2 = fast.cache(None, xyz[None])
+    assert (raw - raw2).abs().max() < 1e-4 and (rgb - rgb2).abs().max() < 1e-5
+    # between vertices: close to the field, and empty space far from the object stays empty
+    xyz = torch.rand(1, 4000, 3) * 2 - 1
+    with torch.no_grad():
+        raw, _ = model().synthesizer(planes, xyz)
+        raw2, _ = fast.cache(None, xyz)
+    sigma, sigma2 = lrm.renderer.density_activation(raw), lrm.renderer.density_activation(raw2)
+    assert (sigma - sigma2).abs().median() < 1e-3
+    assert ((sigma > 3) == (sigma2 > 3)).float().mean() > 0.98
 
 
 def test_fast_frames_match_reference_on_the_fixture_field():
-    """A random fixture field has density everywhere: nothing is skipped and the frames agree to rounding."""
+    """A random fixture field is noise at the scale of its texels: the cache converges to it as it gets finer."""
     planes = torch.from_numpy(np.load(REFCHECK / "refcheck-tiny-1.1" / "out" / "intermediates.npz")["planes"])
     cameras = lrm.orbit_cameras(6)[None]
     with torch.no_grad():
         ref = model().render(planes, cameras, 24, mode="reference")
-        fast = model().render(planes, cameras, 24, mode="fast")
-    for key in ("rgb", "depth", "weight"):
-        assert (ref[key] - fast[key]).abs().max() < 1e-3, key  # the tolerance of the deterministic frames
+        scores = [psnr(model().render(planes, cameras, 24, mode="fast",
+                                      fast=FastField(model(), planes, resolution=res))["rgb"], ref["rgb"])
+                  for res in (32, 128)]
+    assert scores[0] < scores[1] and scores[1] >= 40
 
 
 def test_fast_frames_match_reference_on_a_realistic_field():
@@ -63,19 +76,50 @@ def test_fast_frames_match_reference_on_a_realistic_field():
     assert ref["weight"].mean() > 0.05  # there is an object in view
     assert psnr(fast["rgb"], ref["rgb"]) >= 35
     assert (fast["weight"] - ref["weight"]).abs().mean() < 5e-3
+    finite = torch.isfinite(ref["depth"]) & (ref["weight"] > 0.5)
+    assert (fast["depth"][finite] - ref["depth"][finite]).abs().mean() < 0.01
     assert psnr(stochastic[1], stochastic[0]) >= 35
 
 
-def test_fast_renderer_skips_most_samples():
+def test_projection_inverts_the_rays():
+    cameras = torch.cat([lrm.orbit_cameras(4), lrm.orbit_cameras(3, 1.5, 0.3)])
+    origins, dirs = lrm.get_rays(cameras, 16)
+    idx = torch.arange(16 * 16)
+    for camera, o, d in zip(cameras, origins, dirs):
+        rows, cols, z, _ = project_cells(camera, o + 1.3 * d, 16)
+        assert (rows - idx // 16).abs().max() < 1e-3 and (cols - idx % 16).abs().max() < 1e-3
+        assert (z > 0).all()
+
+
+def test_hit_mask_keeps_every_ray_that_sees_something_and_skips_the_rest():
     planes = fitted_planes()
     fast = FastField(model(), planes)
-    calls = []
-    original = fast.field.query
-    fast.field.query = lambda xyz, chunk=2 ** 18: calls.append(len(xyz)) or original(xyz, chunk)
-    origins, dirs = lrm.get_rays(lrm.orbit_cameras(3)[:1], 48)
+    cameras = lrm.orbit_cameras(4)
     with torch.no_grad():
-        render_view_fast(fast, origins[0], dirs[0], 8, 8)
-    assert 0 < sum(calls) < 0.6 * origins.shape[1] * 16  # the reference queries all 16 samples of every ray
+        ref = model().render(planes, cameras[None], 48, mode="reference")
+    for camera, weight in zip(cameras, ref["weight"][0]):
+        mask = hit_mask(fast, camera, 48)
+        assert weight.reshape(-1)[~mask].max() < 1e-3  # nothing visible is left out
+        assert mask.float().mean() < 0.8  # and the background is skipped
+    # a camera inside the occupied region: everything is a hit
+    inside = lrm.orbit_cameras(1, 0.05, 0.0)[0]
+    assert hit_mask(fast, inside, 8).all()
+
+
+def test_fast_renderer_looks_up_colours_only_near_surfaces():
+    planes = fitted_planes()
+    fast = FastField(model(), planes)
+    counts = {"density": 0, "color": 0}
+    lookup = FieldCache.lookup
+
+    def counting(volume, xyz):
+        counts["density" if volume.shape[1] == 1 else "color"] += len(xyz)
+        return lookup(volume, xyz)
+    fast.cache.lookup = counting
+    with torch.no_grad():
+        model().render(planes, lrm.orbit_cameras(1)[None], 48, mode="fast", fast=fast, samples_per_ray=16)
+    assert 0 < counts["density"] < 0.8 * 48 * 48 * 16  # background rays are not marched
+    assert 0 < counts["color"] < 0.5 * counts["density"]
 
 
 def test_fast_mesh_matches_reference():
@@ -86,15 +130,9 @@ def test_fast_mesh_matches_reference():
     fast = extract_mesh(model(), planes, resolution, 3.0, mode="fast")
     voxel = 2 / (resolution - 1)
     d = 0.5 * (cKDTree(ref.vertices).query(fast.vertices)[0].mean() + cKDTree(fast.vertices).query(ref.vertices)[0].mean())
-    assert d / voxel <= 1.0
-    assert abs(len(fast.vertices) - len(ref.vertices)) <= 0.02 * len(ref.vertices)
-    # and only part of the fine grid was evaluated: the rest is the upsampled coarse grid
-    ff = FastField(model(), planes)
-    grid = fine_density_grid(ff, resolution, 3.0)
-    with torch.no_grad():
-        exact = density_grid(model(), planes, resolution)
-    matches = torch.isclose(grid, exact.float(), rtol=1e-3, atol=1e-4).float().mean()
-    assert 0.02 < matches < 0.9
+    assert d / voxel <= 0.5
+    assert abs(len(fast.vertices) - len(ref.vertices)) <= 0.03 * len(ref.vertices)
+    assert np.abs(fast.visual.vertex_colors.astype(int).mean(0) - ref.visual.vertex_colors.astype(int).mean(0)).max() < 3
 
 
 def test_modes_are_validated():

@@ -43,8 +43,8 @@ def fit_planes(model, shape: Shape, steps: int = 300, points: int = 8192, lr: fl
                 loss = F.binary_cross_entropy_with_logits(raw - OCCUPANCY_OFFSET, inside)
                 deep = (sdf < -0.03).to(raw)
                 loss = loss + (deep * F.relu(1 - density_activation(raw) / 40)).sum() / (deep.sum() + 1)
-                outside = (sdf > 0.05).to(raw)  # empty space really empty: density well below 1e-3
-                loss = loss + (outside * F.relu(raw + 6)).sum() / (outside.sum() + 1)
+                outside = (sdf > 0.05).to(raw)  # empty space really empty: density < 5e-5
+                loss = loss + (outside * F.relu(raw + 10)).sum() / (outside.sum() + 1)
                 near = (sdf.abs() < 0.05).to(raw).unsqueeze(-1)
                 loss = loss + (near * (rgb[0] - target["color"].to(rgb)) ** 2).sum() / (3 * near.sum() + 1)
                 optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,33 @@
+"""bench.py in its smoke form: every stage of both modes runs and the JSON has what the README table is built from.
+
+Times are measured but not asserted (they are the benchmark's job); the quality of the fast path is.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke_writes_the_results(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "bench.py", "--smoke", "--json", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "full job" in proc.stdout and "speed-up" in proc.stdout
+    r = json.loads(out.read_text())
+    job = r["full_job"]
+    for key in ("speedup", "psnr_db", "chamfer_voxels", "peak_rss_gb", "reference_s", "fast_s"):
+        assert key in job
+    assert set(r["stages"]) == {"planes", "mesh", "video"}
+    for stage in r["stages"].values():
+        assert stage["reference_s"] > 0 and stage["fast_s"] > 0
+        assert abs(stage["speedup"] - stage["reference_s"] / stage["fast_s"]) < 1e-9
+    assert job["psnr_db"] >= 35  # the fast frames are the reference's pictures
+    assert job["chamfer_voxels"] <= 1.0
+    assert 0 < job["peak_rss_gb"] < 3
+    assert r["machine"]["device"] == "cpu" and r["machine"]["torch"]
