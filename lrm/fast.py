@@ -167,30 +167,31 @@ def hit_mask(fast: FastField, camera: Tensor, size: int) -> Tensor:
     occupied cells splatted onto the image, above HIT_DEPTH (a ray below it is background to within that much).
 
     Conservative: a ray through a cell passes within the projection of the cell's bounding sphere (radius r at depth
-    z: at most f r / (z - r), stretched by 1 + tan² off the optical axis, plus a pixel), and picks up at most the
-    cell's max density times its diagonal there. A camera close to (or inside) the occupied region marks everything.
+    z: at most f r / (z - r), stretched by 1 + tan² off the optical axis), so its pixel centre lies within that reach
+    plus 0.71 px (the rounding of the projected centre) of the cell's pixel, inside a box of that many whole pixels;
+    there it picks up at most the cell's max density times its diagonal. A camera close to (or inside) the occupied
+    region marks everything.
     """
     centres, depth, radius = fast.cells
-    total = torch.zeros(size * size, device=camera.device)
+    total = torch.zeros(1, 1, size, size, device=camera.device)
     if len(centres) == 0:
-        return total.bool()
+        return total.view(-1).bool()
     rows, cols, z, tan = project_cells(camera, centres, size)
     if z.min() < 4 * radius:
-        return total.fill_(1).bool()
+        return total.fill_(1).view(-1).bool()
     k = camera[16:25].view(3, 3)
     angular = radius / (z - radius)
-    reach = torch.maximum(k[0, 0], k[1, 1]) * size * angular * (1 + (tan + angular) ** 2) + 1
-    # rounded up to a few sizes (steps of ~1.4x), so that a handful of box sums cover all cells
-    reach = torch.where(reach <= 4, reach.ceil(), (2 ** (torch.log2(reach).mul(2).ceil() / 2)).ceil()).long()
+    reach = torch.maximum(k[0, 0], k[1, 1]) * size * angular * (1 + (tan + angular) ** 2) + 0.71
+    steps = reach.long()  # whole pixels within the reach: a box of them holds the disc
+    low = int(steps.min())
     pixels = rows.round().clamp(0, size - 1).long() * size + cols.round().clamp(0, size - 1).long()
-    for value in torch.unique(reach).tolist():
-        seeds = torch.zeros(size * size, device=camera.device).index_add_(0, pixels[reach == value],
-                                                                         depth[reach == value])
-        box = F.avg_pool2d(seeds.view(1, 1, size, size), (2 * value + 1, 1), 1, padding=(value, 0),
-                           divisor_override=1)
-        box = F.avg_pool2d(box, (1, 2 * value + 1), 1, padding=(0, value), divisor_override=1)
-        total += box.view(-1)
-    return total > HIT_DEPTH
+    seeds = torch.zeros(int(steps.max()) - low + 1, size * size, device=camera.device)
+    seeds.view(-1).index_add_(0, (steps - low) * size * size + pixels, depth)
+    for i in torch.nonzero(seeds.any(1)).squeeze(1).tolist():
+        r = i + low
+        box = F.avg_pool2d(seeds[i].view(1, 1, size, size), (2 * r + 1, 1), 1, padding=(r, 0), divisor_override=1)
+        total += F.avg_pool2d(box, (1, 2 * r + 1), 1, padding=(0, r), divisor_override=1)
+    return total.view(-1) > HIT_DEPTH
 
 
 def _along(origins: Tensor, dirs: Tensor, depths: Tensor) -> Tensor:

@@ -111,7 +111,7 @@ class LRM(nn.Module):
         depth_out = torch.empty(n, m, 1, size * size, dtype=planes.dtype, device=planes.device)
         weight_out = torch.empty_like(depth_out)
         for i in range(n):
-            origins, dirs = get_rays(cameras[i].to(planes.device, torch.float32), size)  # (M, R, 3)
+            origins, dirs = get_rays(cameras[i].to(planes.device, torch.float32), size, exact=mode == "reference")
             if mode == "fast":
                 from .fast import FastField, render_view_fast
                 field = fast if fast is not None and n == 1 else FastField(self, planes[i:i + 1])
