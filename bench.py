@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--mesh", type=int, default=256, help="mesh resolution [256]")
     p.add_argument("--views", type=int, default=100, help="video frames [100]")
-    p.add_argument("--ref-frames", type=int, default=None, help="reference frames actually rendered [8; quick 3]")
+    p.add_argument("--ref-frames", type=int, default=None, help="reference frames actually rendered [12; quick 3]")
     p.add_argument("--fit-steps", type=int, default=None, help="plane fitting steps [600; quick 300]")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         args.quick, args.mesh, args.views = True, 48, 4
         args.ref_frames, args.fit_steps = args.ref_frames or 1, args.fit_steps or 60
     args.arch = args.arch or ("small" if args.quick else "small,base")
-    args.ref_frames = args.ref_frames or (3 if args.quick else 8)
+    args.ref_frames = args.ref_frames or (3 if args.quick else 12)
     args.fit_steps = args.fit_steps or (300 if args.quick else 600)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")

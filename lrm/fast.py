@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .mesh import grid_coordinates, grid_points
-from .renderer import (OUT_OF_BOX_SIGMA, RayBundle, density_activation, importance_depths, stratified_depths,
-                       view_ray_limits)
+from .renderer import (OUT_OF_BOX_SIGMA, RayBundle, density_activation, importance_depths, ray_box_limits,
+                       stratified_depths, view_ray_limits)
 
 EMPTY_DENSITY = 1e-3  # a cell whose (dilated) density stays below this is empty: optical depth < 0.004 over the box
 COARSE = 64
@@ -198,11 +198,20 @@ def _along(origins: Tensor, dirs: Tensor, depths: Tensor) -> Tensor:
     return torch.addcmul(origins.unsqueeze(1), depths.unsqueeze(-1), dirs.unsqueeze(1))  # (R, S, 3)
 
 
-def density_along(cache: FieldCache, origins: Tensor, dirs: Tensor, depths: Tensor) -> Tensor:
+def density_along(cache: FieldCache, origins: Tensor, dirs: Tensor, depths: Tensor, check: str = "all") -> Tensor:
     """Cached raw density at depths [R, S] along rays [R, 3] -> [R, S]; out-of-box samples get the reference's
-    OUT_OF_BOX_SIGMA."""
+    OUT_OF_BOX_SIGMA. check="ends" for stratified samples from the box entry to its exit (only the end points can be
+    outside: by rounding, the last one also by its jitter); "none" for importance samples (they lie between the
+    midpoints of stratified ones, inside the box)."""
     xyz = _along(origins, dirs, depths)
     raw = cache.lookup(cache.density_volume, xyz.view(-1, 3))[:, 0].view(depths.shape)
+    if check == "none":
+        return raw
+    if check == "ends":
+        ends = xyz[:, [0, -1]].abs().amax(-1) > 1  # (R, 2)
+        raw[:, 0].masked_fill_(ends[:, 0], OUT_OF_BOX_SIGMA)
+        raw[:, -1].masked_fill_(ends[:, 1], OUT_OF_BOX_SIGMA)
+        return raw
     return raw.masked_fill(xyz.abs().amax(-1) > 1, OUT_OF_BOX_SIGMA)
 
 
@@ -238,12 +247,12 @@ def render_rays_cached(cache: FieldCache, rays: RayBundle, n_coarse: int, n_fine
     up only where that coefficient is above COLOR_WEIGHT (near surfaces), not at all ~96 samples of the ray.
     """
     depths = stratified_depths(rays.near, rays.far, n_coarse, rays.jitter)
-    raw = density_along(cache, rays.origins, rays.dirs, depths)
+    raw = density_along(cache, rays.origins, rays.dirs, depths, check="ends")
     if n_fine > 0:
         fine = importance_depths(depths, _alpha_weights(raw, depths), n_fine, rays.u)
         if rays.u is not None:  # random draws give unordered depths (evenly spaced ones are ascending)
             fine = fine.sort(1).values
-        raw_f = density_along(cache, rays.origins, rays.dirs, fine)
+        raw_f = density_along(cache, rays.origins, rays.dirs, fine, check="none")
         depths, raw = _merge(depths, raw, fine, raw_f)
     weights = _alpha_weights(raw, depths)  # (R, S - 1)
     total = weights.sum(1, keepdim=True)
@@ -274,7 +283,9 @@ def render_view_fast(fast: FastField, camera: Tensor, origins: Tensor, dirs: Ten
     # the reference clamps depth to the range of all samples of the view; importance samples lie within the coarse
     lo = (near + (jitter[:, :1] * (far - near) / (n_coarse - 1) if jitter is not None else 0)).min().item()
     hi = (far + (jitter[:, -1:] * (far - near) / (n_coarse - 1) if jitter is not None else 0)).max().item()
-    rows = torch.nonzero(hit_mask(fast, camera, size)).squeeze(1)
+    # rays that miss the box are background in the reference too (all their samples are out of the box)
+    box_near, box_far = ray_box_limits(origins, dirs)
+    rows = torch.nonzero(hit_mask(fast, camera, size) & (box_far > box_near)[:, 0]).squeeze(1)
     for start in range(0, len(rows), chunk_rays):
         sel = rows[start:start + chunk_rays]
         rays = RayBundle(origins[sel], dirs[sel], near[sel], far[sel], None if jitter is None else jitter[sel],
