@@ -73,7 +73,7 @@ def sync(device: str) -> None:
 
 
 def run_mode(arch: str, mode: str, device: str, planes_path: str, out_path: str, views: int, ref_frames: list[int],
-             mesh_res: int) -> None:
+             mesh_res: int, precision: str = "fp32") -> None:
     """One (architecture, mode) in a fresh process: time each stage, save frames / mesh, report peak memory."""
     torch.set_grad_enabled(False)
     from PIL import Image
@@ -86,12 +86,17 @@ def run_mode(arch: str, mode: str, device: str, planes_path: str, out_path: str,
     size = model.infer_defaults.render_size
     image = lrm.image_to_tensor(lrm.preprocess(Image.open(EXAMPLE)), model.infer_defaults.source_size).to(device)
     timings = {}
+    precision = precision if mode == "fast" else "fp32"
     for _ in range(2 if device == "cuda" else 1):  # on a GPU, the first pass warms up kernels
         sync(device)
         t = time.perf_counter()
-        model.forward_planes(image, lrm.source_camera().to(device))
+        forward = model.forward_planes(image, lrm.source_camera().to(device), precision=precision)
         sync(device)
         timings["planes"] = time.perf_counter() - t
+    planes_error = 0.0
+    if precision != "fp32":  # how far autocast moves the planes (relative L2 against fp32)
+        exact = model.forward_planes(image, lrm.source_camera().to(device))
+        planes_error = float((forward.float() - exact).norm() / exact.norm())
     planes = torch.load(planes_path, weights_only=True).to(device)  # the fitted, realistic field
     sync(device)
     t = time.perf_counter()
@@ -117,7 +122,7 @@ def run_mode(arch: str, mode: str, device: str, planes_path: str, out_path: str,
     gpu_peak = torch.cuda.max_memory_allocated() / 1024 ** 3 if device == "cuda" else None
     np.savez(out_path, frames=rgb, vertices=np.asarray(mesh.vertices, np.float32), faces=np.asarray(mesh.faces),
              timings=json.dumps(timings), peak_rss_gb=peak, gpu_peak_gb=-1 if gpu_peak is None else gpu_peak,
-             video_frames_timed=len(frames))
+             video_frames_timed=len(frames), planes_error=planes_error)
 
 
 def chamfer_voxels(a: np.ndarray, b: np.ndarray, resolution: int) -> float:
@@ -155,7 +160,7 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
     for mode in ("fast", "reference"):
         out = workdir / f"{arch}-{mode}.npz"
         proc = ctx.Process(target=run_mode, args=(arch, mode, args.device, str(planes_path), str(out), args.views,
-                                                  ref_frames, args.mesh))
+                                                  ref_frames, args.mesh, args.precision))
         proc.start()
         proc.join()
         if proc.exitcode != 0:
@@ -163,7 +168,8 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
         data = np.load(out)
         results[mode] = {"timings": json.loads(str(data["timings"])), "peak_rss_gb": float(data["peak_rss_gb"]),
                          "gpu_peak_gb": float(data["gpu_peak_gb"]), "frames": data["frames"],
-                         "mesh": (data["vertices"], data["faces"]), "frames_timed": int(data["video_frames_timed"])}
+                         "mesh": (data["vertices"], data["faces"]), "frames_timed": int(data["video_frames_timed"]),
+                         "planes_error": float(data["planes_error"])}
         print(f"[{arch}] {mode:9s} " + "  ".join(f"{k} {v:8.2f}s" for k, v in results[mode]["timings"].items())
               + f"  peak RSS {results[mode]['peak_rss_gb']:.2f} GB", flush=True)
     fast, ref = results["fast"], results["reference"]
@@ -183,7 +189,9 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
                      "peak_rss_gb": fast["peak_rss_gb"], "reference_peak_rss_gb": ref["peak_rss_gb"],
                      "gpu_peak_gb": fast["gpu_peak_gb"] if args.device == "cuda" else None},
         "stages": stages,
+        "planes_relative_error": fast["planes_error"],  # of the fast mode's planes against fp32 (0 in fp32)
         "settings": {"mesh_resolution": args.mesh, "views": args.views, "render_size": None,
+                     "precision": args.precision,
                      "reference_frames": ref_frames, "fit_steps": args.fit_steps},
         "mesh_vertices": {"fast": len(fast["mesh"][0]), "reference": len(ref["mesh"][0])},
     }
@@ -220,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=100, help="video frames [100]")
     p.add_argument("--ref-frames", type=int, default=None, help="reference frames actually rendered [12; quick 3]")
     p.add_argument("--fit-steps", type=int, default=None, help="plane fitting steps [600; quick 300]")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast for the fast mode's planes stage (the reference stays fp32) [fp32]")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.smoke:

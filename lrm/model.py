@@ -22,6 +22,9 @@ POINT_CHUNK = 2 ** 20
 RENDER_CHUNK = 2 ** 18
 
 
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class LRM(nn.Module):
     def __init__(self, config: LRMConfig, infer_defaults: InferDefaults | None = None):
         super().__init__()
@@ -50,8 +53,20 @@ class LRM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.pos_embed.dtype
 
-    def forward_planes(self, image: Tensor, camera: Tensor) -> Tensor:
-        """image [N, 3, S, S] in [0, 1] and conditioning camera [N, 16] -> planes [N, 3, C, 2h, 2w]."""
+    def forward_planes(self, image: Tensor, camera: Tensor, precision: str = "fp32") -> Tensor:
+        """image [N, 3, S, S] in [0, 1] and conditioning camera [N, 16] -> planes [N, 3, C, 2h, 2w].
+
+        precision="bf16" / "fp16" runs the encoder and transformer under autocast (tensor cores on a GPU, AMX on recent
+        x86 CPUs); the planes come back in the model's dtype. "fp32" (default) is the reference's arithmetic.
+        """
+        if precision not in AUTOCAST:
+            raise ValueError(f"precision must be one of {', '.join(AUTOCAST)}, got {precision!r}")
+        if AUTOCAST[precision] is None:
+            return self._forward_planes(image, camera)
+        with torch.autocast(self.device.type, dtype=AUTOCAST[precision]):
+            return self._forward_planes(image, camera).to(self.dtype)
+
+    def _forward_planes(self, image: Tensor, camera: Tensor) -> Tensor:
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be [N, 3, S, S], got {tuple(image.shape)}")
         if camera.shape != (image.shape[0], 16):

@@ -55,7 +55,8 @@ def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None
         out_dir: where to write `<name>_input.png`, `<name>.{glb,obj,ply}` and `<name>.mp4`; None writes nothing
             (the mesh and planes are still returned).
         **options: see `reconstruct_steps` (name, remove_background, foreground_ratio, source_distance,
-            mesh_resolution, threshold, formats, video, n_views, fps, video_size, remover, preprocessed, progress).
+            mesh_resolution, threshold, formats, video, n_views, fps, video_size, remover, preprocessed, mode,
+            precision, progress).
     Returns:
         `Reconstruction` with the preprocessed image, planes, mesh, written files and per-stage seconds.
     """
@@ -71,14 +72,16 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
                       formats: Iterable[str] = MESH_FORMATS, video: bool = True, n_views: int = 100, fps: int = 25,
                       video_size: int | None = None, remover: BackgroundRemover | None = None,
                       preprocessed: bool = False, mode: Literal["fast", "reference"] = "fast",
-                      progress: Progress | None = None) -> Iterator[tuple[str, Reconstruction]]:
+                      precision: str = "fp32", progress: Progress | None = None
+                      ) -> Iterator[tuple[str, Reconstruction]]:
     """`reconstruct`, yielding (stage, partial result) after each finished stage, so callers can show the mesh
     before the video is done.
 
     mesh_resolution, threshold: marching-cubes grid and density level (default: the model's, 384 and 3.0);
     mesh_resolution=0 skips the mesh. formats: mesh files to write (any of "glb", "obj", "ply"). video, n_views,
     fps, video_size: the orbit video (default size: the model's render size). mode: "fast" (default) or "reference"
-    (OpenLRM's exact algorithms; see lrm/fast.py). progress(stage, fraction) is called while working.
+    (OpenLRM's exact algorithms; see lrm/fast.py). precision: "fp32" (default), "bf16" or "fp16" autocast for the
+    planes (`LRM.forward_planes`). progress(stage, fraction) is called while working.
     """
     formats = [f.lower().lstrip(".") for f in formats]
     unknown = sorted(set(formats) - set(MESH_FORMATS))
@@ -105,7 +108,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
     report("planes", 0.0)
     with _timed(result.timings, "planes"), torch.inference_mode():
         x = image_to_tensor(result.image, defaults.source_size)
-        result.planes = model.forward_planes(x, source_camera(source_distance))
+        result.planes = model.forward_planes(x, source_camera(source_distance), precision=precision)
     report("planes", 1.0)
     yield "planes", result
 

@@ -1,0 +1,47 @@
+"""Autocast for the planes (`precision="bf16"/"fp16"`): checked here with bf16 on the CPU against fp32.
+
+A GPU runs the same code with tensor cores; the parity criterion is the same (see bench.py for GPU timings).
+"""
+
+import pytest
+import torch
+
+import lrm
+from lrm.hub import DEMO_MODEL
+from lrm.mesh import density_grid
+from lrm.train.data import DataSpec, input_image, make_shape
+
+DEMO = DEMO_MODEL
+
+
+def psnr(a, b):
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-12)))
+
+
+@pytest.fixture(scope="module")
+def planes():
+    model = lrm.load_model(DEMO)
+    spec = DataSpec(image_size=model.infer_defaults.source_size)
+    image = torch.from_numpy(input_image(make_shape(10_000_123), spec)).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        return model, {p: model.forward_planes(image, lrm.source_camera(), precision=p) for p in ("fp32", "bf16")}
+
+
+def test_bf16_planes_give_the_same_pictures_and_mesh(planes):
+    model, out = planes
+    exact, half = out["fp32"], out["bf16"]
+    assert half.dtype == exact.dtype == torch.float32
+    assert 0 < float((half - exact).norm() / exact.norm()) < 0.03  # autocast ran, and stayed close
+    cameras = lrm.orbit_cameras(3)[None]
+    with torch.inference_mode():
+        frames = [model.render(p, cameras, 64, mode="reference")["rgb"] for p in (exact, half)]
+        grids = [density_grid(model, p, 48) > 3.0 for p in (exact, half)]
+    assert psnr(frames[1], frames[0]) >= 35
+    iou = float((grids[0] & grids[1]).sum() / (grids[0] | grids[1]).sum())
+    assert iou >= 0.95
+
+
+def test_unknown_precision_is_refused(planes):
+    model, _ = planes
+    with pytest.raises(ValueError, match="precision"):
+        model.forward_planes(torch.zeros(1, 3, 32, 32), lrm.source_camera(), precision="int8")
