@@ -5,6 +5,7 @@ The mesh lives in the triplane's world frame (z up, the input view looking along
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
@@ -104,15 +105,13 @@ WORLD_TO_GLTF = np.array([[1, 0, 0, 0],
 MESH_FORMATS = ("glb", "obj", "ply")
 
 
-def export_mesh(mesh, path) -> "Path":
+def export_mesh(mesh, path) -> Path:
     """Write a mesh as .glb, .obj or .ply (by suffix), with vertex colours.
 
     GLB and OBJ are rotated into the glTF convention (y up, the input view facing the viewer on +z) so they open the
     right way up in any viewer; PLY stays in the reference's frame (z up), as OpenLRM writes it. Marching cubes on a
     density that is higher inside gives outward-facing triangles; the rotation keeps them so.
     """
-    from pathlib import Path
-
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in MESH_FORMATS:

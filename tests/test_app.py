@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import imageio_ffmpeg
-import numpy as np
 import pytest
 import trimesh
 import yaml

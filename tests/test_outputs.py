@@ -3,7 +3,6 @@
 import re
 import subprocess
 import sys
-import warnings
 
 import imageio.v2 as imageio
 import imageio_ffmpeg
