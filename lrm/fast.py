@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .mesh import grid_coordinates, grid_points
-from .renderer import (OUT_OF_BOX_SIGMA, RayBundle, density_activation, importance_depths, ray_box_limits,
-                       stratified_depths, view_ray_limits)
+from .mesh import grid_points
+from .renderer import (OUT_OF_BOX_SIGMA, RayBundle, compositing_weights, density_activation, importance_depths,
+                       ray_box_limits, stratified_depths, view_ray_limits)
 
 EMPTY_DENSITY = 1e-3  # a cell whose (dilated) density stays below this is empty: optical depth < 0.004 over the box
 COARSE = 64
@@ -72,6 +72,16 @@ class Occupancy:
         return near.index_select(0, cell).index_select(1, cell).index_select(2, cell)
 
 
+def field_at_vertices(model, planes: Tensor, resolution: int, idx: Tensor, chunk: int = POINT_CHUNK) -> Tensor:
+    """The decoder at the vertices idx [P] of the R³ grid (flat, axes x, y, z) -> raw density and rgb [P, 4]."""
+    out = planes.new_empty(len(idx), 4, dtype=torch.float32)
+    for start in range(0, len(idx), chunk):
+        part = idx[start:start + chunk]
+        raw, rgb = model.synthesizer(planes, grid_points(resolution, part)[None].to(planes))
+        out[start:start + len(part)] = torch.cat([raw[0], rgb[0]], -1).float()
+    return out
+
+
 class FieldCache:
     """Raw density and colour on an R³ grid of [-1, 1]³, looked up trilinearly.
 
@@ -96,10 +106,7 @@ class FieldCache:
         table[:, 0] = F.interpolate(coarse_raw[None, None].float(), size=(resolution,) * 3, mode="trilinear",
                                     align_corners=True).reshape(-1)
         idx = torch.nonzero(occupancy.vertices_near(resolution).reshape(-1)).squeeze(1)
-        for start in range(0, len(idx), chunk):
-            part = idx[start:start + chunk]
-            raw, rgb = model.synthesizer(planes, grid_points(resolution, part)[None].to(planes))
-            table[part] = torch.cat([raw[0], rgb[0]], -1).float()
+        table[idx] = field_at_vertices(model, planes, resolution, idx, chunk)
         volume = table.view(resolution, resolution, resolution, 4).permute(3, 2, 1, 0)  # (4, z, y, x)
         return cls(volume[:1].contiguous().unsqueeze(0), volume[1:].contiguous().unsqueeze(0))
 
@@ -133,16 +140,12 @@ class FastField:
         if planes.shape[0] != 1:
             raise ValueError("FastField takes one plane set [1, 3, C, H, W]")
         with torch.inference_mode():
-            self.model, self.planes = model, planes
-            total = coarse ** 3
-            raw = torch.cat([model.synthesizer(planes, grid_coordinates(coarse, i, min(i + POINT_CHUNK, total),
-                                                                        planes.device)[None].to(planes))[0][0, :, 0]
-                             for i in range(0, total, POINT_CHUNK)]).view(coarse, coarse, coarse)
-            self.coarse_grid = density_activation(raw)  # [G, G, G], axes (x, y, z)
-            self.occupancy = Occupancy.from_grid(self.coarse_grid)
+            everywhere = torch.arange(coarse ** 3, device=planes.device)
+            raw = field_at_vertices(model, planes, coarse, everywhere)[:, 0].view(coarse, coarse, coarse)
+            self.occupancy = Occupancy.from_grid(density_activation(raw))  # axes (x, y, z)
             resolution = resolution or max(2 * planes.shape[-1], coarse)
             self.cache = FieldCache.build(model, planes, raw, self.occupancy, resolution)
-            self.cells = self.occupancy.optical_cells()
+            self.splat_cells = self.occupancy.optical_cells()  # for the hit mask of every view
 
 
 def project_cells(camera: Tensor, centres: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -172,7 +175,7 @@ def hit_mask(fast: FastField, camera: Tensor, size: int) -> Tensor:
     there it picks up at most the cell's max density times its diagonal. A camera close to (or inside) the occupied
     region marks everything.
     """
-    centres, depth, radius = fast.cells
+    centres, depth, radius = fast.splat_cells
     total = torch.zeros(1, 1, size, size, device=camera.device)
     if len(centres) == 0:
         return total.view(-1).bool()
@@ -198,30 +201,11 @@ def _along(origins: Tensor, dirs: Tensor, depths: Tensor) -> Tensor:
     return torch.addcmul(origins.unsqueeze(1), depths.unsqueeze(-1), dirs.unsqueeze(1))  # (R, S, 3)
 
 
-def density_along(cache: FieldCache, origins: Tensor, dirs: Tensor, depths: Tensor, check: str = "all") -> Tensor:
-    """Cached raw density at depths [R, S] along rays [R, 3] -> [R, S]; out-of-box samples get the reference's
-    OUT_OF_BOX_SIGMA. check="ends" for stratified samples from the box entry to its exit (only the end points can be
-    outside: by rounding, the last one also by its jitter); "none" for importance samples (they lie between the
-    midpoints of stratified ones, inside the box)."""
+def density_along(cache: FieldCache, origins: Tensor, dirs: Tensor, depths: Tensor) -> Tensor:
+    """Cached raw density at depths [R, S] along rays [R, 3] -> [R, S]. The caller marks samples that may lie
+    outside the box (see `render_rays_cached`)."""
     xyz = _along(origins, dirs, depths)
-    raw = cache.lookup(cache.density_volume, xyz.view(-1, 3))[:, 0].view(depths.shape)
-    if check == "none":
-        return raw
-    if check == "ends":
-        ends = xyz[:, [0, -1]].abs().amax(-1) > 1  # (R, 2)
-        raw[:, 0].masked_fill_(ends[:, 0], OUT_OF_BOX_SIGMA)
-        raw[:, -1].masked_fill_(ends[:, 1], OUT_OF_BOX_SIGMA)
-        return raw
-    return raw.masked_fill(xyz.abs().amax(-1) > 1, OUT_OF_BOX_SIGMA)
-
-
-def _alpha_weights(raw: Tensor, depths: Tensor) -> Tensor:
-    """`renderer.composite`'s weights [R, S - 1] from raw densities and depths [R, S]."""
-    deltas = depths[:, 1:] - depths[:, :-1]
-    sigma = density_activation((raw[:, :-1] + raw[:, 1:]) / 2)
-    alpha = 1 - torch.exp(-sigma * deltas)
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-10], 1), 1)[:, :-1]
-    return alpha * trans
+    return cache.lookup(cache.density_volume, xyz.view(-1, 3))[:, 0].view(depths.shape)
 
 
 def _merge(a: Tensor, va: Tensor, b: Tensor, vb: Tensor) -> tuple[Tensor, Tensor]:
@@ -247,14 +231,19 @@ def render_rays_cached(cache: FieldCache, rays: RayBundle, n_coarse: int, n_fine
     up only where that coefficient is above COLOR_WEIGHT (near surfaces), not at all ~96 samples of the ray.
     """
     depths = stratified_depths(rays.near, rays.far, n_coarse, rays.jitter)
-    raw = density_along(cache, rays.origins, rays.dirs, depths, check="ends")
+    raw = density_along(cache, rays.origins, rays.dirs, depths)
+    # Out-of-box samples are empty (OUT_OF_BOX_SIGMA) as in the reference. Stratified samples run from the box entry
+    # to its exit, so only the two ends can be outside (by rounding; the last one also by its jitter); importance
+    # samples lie between midpoints of stratified ones, inside the box.
+    ends = _along(rays.origins, rays.dirs, depths[:, [0, -1]]).abs().amax(-1) > 1  # (R, 2)
+    raw[:, [0, -1]] = raw[:, [0, -1]].masked_fill(ends, OUT_OF_BOX_SIGMA)
     if n_fine > 0:
-        fine = importance_depths(depths, _alpha_weights(raw, depths), n_fine, rays.u)
+        fine = importance_depths(depths, compositing_weights(raw, depths), n_fine, rays.u)
         if rays.u is not None:  # random draws give unordered depths (evenly spaced ones are ascending)
             fine = fine.sort(1).values
-        raw_f = density_along(cache, rays.origins, rays.dirs, fine, check="none")
+        raw_f = density_along(cache, rays.origins, rays.dirs, fine)
         depths, raw = _merge(depths, raw, fine, raw_f)
-    weights = _alpha_weights(raw, depths)  # (R, S - 1)
+    weights = compositing_weights(raw, depths)  # (R, S - 1)
     total = weights.sum(1, keepdim=True)
     depth = torch.nan_to_num((weights * (depths[:, :-1] + depths[:, 1:]) / 2).sum(1, keepdim=True) / total,
                              float("inf"))

@@ -155,6 +155,16 @@ def importance_depths(depths: Tensor, weights: Tensor, n: int, u: Tensor | None 
 # Compositing
 
 
+def compositing_weights(sigma_raw: Tensor, depths: Tensor) -> Tensor:
+    """The ray marcher's weights [R, S - 1, ...] of the intervals between samples sorted by depth [R, S, ...]: the
+    raw density of an interval is the mean of its two ends, activated, then alpha-composited front to back."""
+    deltas = depths[:, 1:] - depths[:, :-1]
+    sigma_mid = density_activation((sigma_raw[:, :-1] + sigma_raw[:, 1:]) / 2)
+    alpha = 1 - torch.exp(-sigma_mid * deltas)
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-10], 1), 1)[:, :-1]
+    return alpha * trans
+
+
 def composite(colors: Tensor, sigma_raw: Tensor, depths: Tensor, background: float = 1.0
               ) -> tuple[Tensor, Tensor, Tensor]:
     """MipNeRF ray marcher (EG3D `MipRayMarcher2`) on samples sorted by depth.
@@ -162,13 +172,9 @@ def composite(colors: Tensor, sigma_raw: Tensor, depths: Tensor, background: flo
     colors [R, S, 3], sigma_raw [R, S, 1], depths [R, S, 1] -> rgb [R, 3], depth [R, 1] (NaN -> +inf where no weight;
     the caller clamps to the depth range), weights [R, S - 1, 1].
     """
-    deltas = depths[:, 1:] - depths[:, :-1]
     colors_mid = (colors[:, :-1] + colors[:, 1:]) / 2
-    sigma_mid = density_activation((sigma_raw[:, :-1] + sigma_raw[:, 1:]) / 2)
     depths_mid = (depths[:, :-1] + depths[:, 1:]) / 2
-    alpha = 1 - torch.exp(-sigma_mid * deltas)
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-10], 1), 1)[:, :-1]
-    weights = alpha * trans
+    weights = compositing_weights(sigma_raw, depths)
     rgb = (weights * colors_mid).sum(1)
     total = weights.sum(1)
     depth = torch.nan_to_num((weights * depths_mid).sum(1) / total, float("inf"))
