@@ -217,6 +217,7 @@ def table(name: str, r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lrm.model import AUTOCAST
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small architecture, fewer fitting steps and reference "
                    "frames: a few minutes on 2 CPU cores")
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=100, help="video frames [100]")
     p.add_argument("--ref-frames", type=int, default=None, help="reference frames actually rendered [12; quick 3]")
     p.add_argument("--fit-steps", type=int, default=None, help="plane fitting steps [600; quick 300]")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    p.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
                    help="autocast for the fast mode's planes stage (the reference stays fp32) [fp32]")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)

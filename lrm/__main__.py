@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .model import AUTOCAST
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"}
 DEFAULT_MODEL = "zxhezexin/openlrm-mix-base-1.1"
 
@@ -31,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--foreground-ratio", type=float, default=0.85,
                    help="object size relative to the image side after recentring [default: 0.85]")
     p.add_argument("--source-distance", type=float, default=2.0, help="input camera distance [default: 2.0]")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+    p.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
                    help="autocast for the planes (encoder + transformer): bf16/fp16 use tensor cores on a GPU or AMX "
                    "on recent CPUs, at ~1%% deviation of the planes [default: fp32, the reference's arithmetic]")
     p.add_argument("--mode", choices=["fast", "reference"], default="fast",
