@@ -29,6 +29,7 @@ class EncoderSpec:
     layer_scale: bool = True
     pos_antialias: bool = False
     pos_offset: float = 0.1
+    stem: int = 0          # > 0: a stem of `stem` stride-2 3x3 convolutions replaces the patch-embedding conv
 
 
 def _dinov2(dim: int, depth: int, heads: int, registers: int) -> EncoderSpec:
@@ -63,19 +64,24 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 # Small encoders trained from scratch by this project: "custom-dinov2-s{img}-p{patch}-d{dim}-l{depth}-h{heads}-r{regs}"
-# (DINOv2 blocks; position grid for img x img inputs).
-_CUSTOM = re.compile(r"custom-dinov2-s(\d+)-p(\d+)-d(\d+)-l(\d+)-h(\d+)-r(\d+)")
+# (DINOv2 blocks; position grid for img x img inputs), optionally "-c{n}": a convolutional stem of n stride-2 3x3
+# convolutions (patch = 2^n) instead of the single patch-embedding convolution ("Early convolutions help
+# transformers see better", Xiao et al. 2021: ViTs with such a stem optimise faster and more stably).
+_CUSTOM = re.compile(r"custom-dinov2-s(\d+)-p(\d+)-d(\d+)-l(\d+)-h(\d+)-r(\d+)(?:-c(\d+))?")
 
 
 def _custom_spec(name: str) -> EncoderSpec | None:
     match = _CUSTOM.fullmatch(name)
     if match is None:
         return None
-    img, patch, dim, depth, heads, regs = map(int, match.groups())
+    img, patch, dim, depth, heads, regs = map(int, match.groups()[:6])
+    stem = int(match.group(7) or 0)
     if img % patch or dim % heads:
         raise ValueError(f"{name}: image size must be a multiple of the patch size and dim of the heads")
+    if stem and patch != 2 ** stem:
+        raise ValueError(f"{name}: a stem of {stem} stride-2 convolutions needs patch size {2 ** stem}")
     return EncoderSpec("dinov2", dim, depth, heads, patch=patch, img_size=img, mlp_dim=4 * dim, registers=regs,
-                       pos_antialias=True, pos_offset=0.0)
+                       pos_antialias=True, pos_offset=0.0, stem=stem)
 
 
 def encoder_spec(encoder_type: str, model_name: str, feat_dim: int) -> EncoderSpec:
@@ -154,9 +160,21 @@ class _Dinov2Block(nn.Module):
 class _PatchEmbed(nn.Module):
     def __init__(self, spec: EncoderSpec):
         super().__init__()
-        self.proj = nn.Conv2d(3, spec.dim, kernel_size=spec.patch, stride=spec.patch)
+        self.stem = None
+        if spec.stem:  # channels double per stride-2 convolution up to dim, then a 1 x 1 projection
+            layers, c_in = [], 3
+            for i in range(spec.stem):
+                c_out = max(16, spec.dim >> (spec.stem - 1 - i))
+                layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
+                c_in = c_out
+            self.stem = nn.Sequential(*layers)
+            self.proj = nn.Conv2d(c_in, spec.dim, kernel_size=1)
+        else:
+            self.proj = nn.Conv2d(3, spec.dim, kernel_size=spec.patch, stride=spec.patch)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.stem is not None:
+            x = self.stem(x)
         return self.proj(x).flatten(2).transpose(1, 2)  # (N, h*w, C)
 
 

@@ -58,8 +58,8 @@ def chamfer(a: np.ndarray | None, b: np.ndarray | None) -> float:
 def evaluate_object(model: lrm.LRM, seed: int, kind: str | None, spec: DataSpec, view_size: int = 64) -> dict:
     shape = make_shape(seed, kind)
     image = torch.from_numpy(input_image(shape, spec)).permute(2, 0, 1)[None].float() / 255
-    planes = model.forward_planes(image, source_camera(2.0))
-    pred = density_grid(model, planes, GRID).cpu().numpy()
+    planes = model.forward_planes(image.to(model.device), source_camera(2.0).to(model.device))
+    pred = density_grid(model, planes, GRID).float().cpu().numpy()
     true_sdf = shape.sdf(grid_coordinates(GRID, 0, GRID ** 3)).reshape(GRID, GRID, GRID).numpy()
     occ_pred, occ_true = pred > THRESHOLD, true_sdf < 0
     union = (occ_pred | occ_true).sum()
@@ -74,7 +74,8 @@ def evaluate_object(model: lrm.LRM, seed: int, kind: str | None, spec: DataSpec,
 def novel_view_psnr(model: lrm.LRM, planes: torch.Tensor, shape, view_size: int = 64) -> float:
     """Mean PSNR (dB) of the model's renders of `novel_cameras()` against the true object on white."""
     cams = novel_cameras()
-    rendered = model.render_views(planes, cams, view_size, mode="reference")["rgb"].clamp(0, 1)  # exact metric
+    # the reference renderer: an exact metric, independent of the fast path
+    rendered = model.render_views(planes, cams, view_size, mode="reference")["rgb"].float().cpu().clamp(0, 1)
     truth, _ = shape.render(cams, view_size)
     mse = ((rendered - truth) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
     return float((10 * torch.log10(1 / mse)).mean())
@@ -109,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-kind", type=int, default=4, help="held-out single-primitive objects per kind")
     p.add_argument("--unions", type=int, default=12, help="held-out multi-primitive objects")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.add_argument("--device", default="cpu", help='"cpu" or "cuda"')
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     results = {}
     for source in args.models:
-        model = lrm.load_model(source)
+        model = lrm.load_model(source, args.device)
         results[source] = evaluate(model, args.per_kind, args.unions) | training_progress(source)
         print(f"\n{source}\n{format_table(results[source]['summary'])}")
     if len(results) > 1:  # several checkpoints, e.g. runs/demo/checkpoints/*: the curve against training time

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import lrm
-from lrm.train.data import DataSpec, ShapeDataset, input_image, make_shape, point_targets, ray_targets
+from lrm.train.data import (DataSpec, ShapeDataset, input_image, make_shape, placed_shape, placement,
+                            placements_path, point_targets, ray_targets)
 from lrm.train.shapes import KINDS, Shape
 from lrm.train.trainer import PRESETS, TrainConfig, train
 
@@ -57,6 +58,22 @@ def test_dataset_items():
     assert torch.equal(item["camera"], lrm.source_camera()[0])
 
 
+def test_stored_placements_rebuild_the_same_objects():
+    """Training items skip the normalisation's grid search with the placement stored beside the image cache."""
+    spec = DataSpec(image_size=64, render_size=80, uniform_points=64, surface_points=64, rays=8)
+    seeds = [3, 8, 21]
+    places = np.stack([placement(make_shape(s)) for s in seeds])
+    pts = torch.rand(500, 3) * 2 - 1
+    for seed, place in zip(seeds, places):
+        a, b = make_shape(seed), placed_shape(seed, place)
+        assert a.scale == b.scale and torch.equal(a.offset, b.offset)
+        assert torch.equal(a.sdf(pts), b.sdf(pts)) and torch.equal(a.color(pts), b.color(pts))
+    images = np.zeros((3, 64, 64, 3), np.uint8)
+    with_places = ShapeDataset(seeds, images, spec, seed=5, placements=places)[2]
+    without = ShapeDataset(seeds, images, spec, seed=5)[2]
+    assert all(torch.equal(with_places[k], without[k]) for k in without)
+
+
 def _log(out):
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
@@ -72,6 +89,8 @@ def test_smoke_training_learns_and_reloads(tmp_path):
     assert last < 0.8 * first, (first, last)
     model = lrm.load_model(out)  # the release format: config.json + model.safetensors
     assert model.release == "1.1" and model.config.triplane_lift
+    cache = out / "inputs-24-64.npy"
+    assert np.load(placements_path(cache)).shape == (24, 4) and np.load(cache).shape == (24, 64, 64, 3)
     assert json.loads((out / "config.json").read_text())["triplane_lift"] is True
     image = torch.full((1, 3, 64, 64), 0.5)
     assert model.forward_planes(image, lrm.source_camera()).shape == (1, 3, 8, 16, 16)
@@ -86,6 +105,49 @@ def test_smoke_training_learns_and_reloads(tmp_path):
     steps = [r["step"] for r in rows]
     assert steps[-1] == 70 and 61 in steps and steps == sorted(set(steps))
     assert all(r["total"] >= 0 for r in rows)
+
+
+def test_training_options_bf16_no_render_and_overrides(tmp_path):
+    """bf16 autocast, the render loss switched off (and not computed), model and data overrides from the CLI."""
+    from lrm.train.__main__ import main
+    out = tmp_path / "opts"
+    main(["--preset", "tiny", "--out", str(out), "--objects", "8", "--steps", "3", "--batch", "2", "--workers", "0",
+          "--log-every", "1", "--save-every-minutes", "0", "--precision", "bf16", "--weights", '{"render": 0}',
+          "--model", '{"transformer_layers": 2, "encoder_model_name": "custom-dinov2-s64-p16-d32-l1-h2-r0-c4"}',
+          "--data", '{"uniform_points": 64, "surface_points": 32}'])
+    rows = _log(out)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("render" not in r for r in rows)
+    assert all(np.isfinite(r["total"]) and r["occupancy"] > 0 for r in rows)
+    model = lrm.load_model(out)
+    assert model.config.transformer_layers == 2 and model.config.triplane_lift  # the rest of the preset stays
+    assert model.encoder.model.patch_embed.stem is not None
+    state = torch.load(out / "trainer_state.pt", weights_only=True)
+    assert state["train_config"]["precision"] == "bf16" and state["train_config"]["data"]["surface_points"] == 32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is present")
+def test_cuda_training_without_a_gpu_says_what_to_do():
+    from lrm.train.trainer import training_device
+    with pytest.raises(RuntimeError, match="--device cpu"):
+        training_device("cuda")
+    assert training_device("cpu") == torch.device("cpu")
+
+
+def test_encoder_convolutional_stem():
+    from lrm.encoder import encoder_spec
+    spec = encoder_spec("dinov2", "custom-dinov2-s64-p8-d32-l1-h2-r0-c3", 32)
+    assert spec.stem == 3 and spec.patch == 8
+    assert encoder_spec("dinov2", "custom-dinov2-s64-p8-d32-l1-h2-r0", 32).stem == 0  # shipped model: unchanged
+    with pytest.raises(ValueError, match="patch size 8"):
+        encoder_spec("dinov2", "custom-dinov2-s64-p16-d32-l1-h2-r0-c3", 32)
+    config = lrm.LRMConfig.from_dict(PRESETS["tiny"]["model"] | {"encoder_model_name":
+                                                                 "custom-dinov2-s64-p16-d32-l1-h2-r0-c4"})
+    torch.manual_seed(0)
+    model = lrm.LRM(config).eval()
+    feats = model.encoder(torch.rand(2, 3, 64, 64))
+    assert feats.shape == (2, 1 + 4 * 4, 32)  # 64 px / 16 = 4 x 4 patches, as with the plain patch embedding
+    names = [n for n, _ in model.named_parameters() if "patch_embed" in n]
+    assert any(".stem.0." in n for n in names) and any(".stem.6." in n for n in names)
 
 
 @pytest.mark.slow

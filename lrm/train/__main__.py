@@ -24,11 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every-minutes", type=float, default=defaults.save_every_minutes)
     p.add_argument("--log-every", type=int, default=defaults.log_every)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device, help='"cpu" or "cuda" (a GPU; under torchrun, one per process)')
     p.add_argument("--weights", type=json.loads, default=None, help='loss weights as JSON, e.g. {"render": 0.5}')
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision,
+                   help="bf16: forward pass under bfloat16 autocast (faster on CPUs with AMX and on GPUs)")
+    p.add_argument("--model", type=json.loads, default={}, help='model config overrides as JSON (new runs only)')
+    p.add_argument("--data", type=json.loads, default={}, help='data overrides as JSON, e.g. {"rays": 64}')
     args = p.parse_args(argv)
     cfg = TrainConfig(preset=args.preset, out=args.out, objects=args.objects, steps=args.steps, minutes=args.minutes,
                       batch=args.batch, lr=args.lr, warmup=args.warmup, workers=args.workers,
-                      save_every_minutes=args.save_every_minutes, log_every=args.log_every, seed=args.seed)
+                      save_every_minutes=args.save_every_minutes, log_every=args.log_every, seed=args.seed,
+                      device=args.device, precision=args.precision, model=args.model, data=args.data)
     if args.weights:
         cfg.weights.update(args.weights)
     out = train(cfg)

@@ -49,7 +49,7 @@ def choose_sharpness(model: lrm.LRM, seeds: list[int], candidates=CANDIDATES, vi
     for seed in seeds:
         shape = make_shape(seed)
         image = torch.from_numpy(input_image(shape, spec)).permute(2, 0, 1)[None].float() / 255
-        cases.append((shape, model.forward_planes(image, source_camera(2.0))))
+        cases.append((shape, model.forward_planes(image.to(model.device), source_camera(2.0).to(model.device))))
     scores = {}
     try:
         for k in candidates:
@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="a checkpoint folder written by python -m lrm.train")
     p.add_argument("--out", required=True, help="folder for the calibrated checkpoint (config.json + weights)")
     p.add_argument("--objects", type=int, default=24, help="training objects (seeds 0..N-1) to choose k on")
+    p.add_argument("--device", default="cpu", help='"cpu" or "cuda"')
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
-    model = lrm.load_model(args.run)
+    model = lrm.load_model(args.run, args.device)
     scores = choose_sharpness(model, list(range(args.objects)))
     for k, psnr in scores.items():
         print(f"k = {k:>5g}: novel-view PSNR {psnr:.2f} dB on {args.objects} training objects")

@@ -49,15 +49,31 @@ def input_image(shape: Shape, spec: DataSpec) -> np.ndarray:
     return (image_to_tensor(image, spec.image_size)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+def placement(shape: Shape) -> np.ndarray:
+    """A normalised shape's placement (scale, offset x, y, z) as float64 [4]: exact for `placed_shape`."""
+    return np.array([shape.scale, *shape.offset.tolist()], dtype=np.float64)
+
+
+def placed_shape(seed: int, place: np.ndarray) -> Shape:
+    """`make_shape(seed)` from its stored placement, without the normalisation's grid search (bit-identical)."""
+    return Shape(Shape.random(seed).primitives, float(place[0]), torch.tensor(place[1:], dtype=torch.float32))
+
+
 def _cache_worker(args):
     seed, spec = args
-    return input_image(make_shape(seed), spec)
+    shape = make_shape(seed)
+    return input_image(shape, spec), placement(shape)
+
+
+def placements_path(images_path: Path) -> Path:
+    return Path(images_path).with_suffix(".placement.npy")
 
 
 def build_image_cache(seeds: list[int], spec: DataSpec, path: Path, workers: int = 2) -> np.ndarray:
-    """Input views of all seeds, computed once (in `workers` processes) and kept in an .npy file."""
+    """Input views of all seeds, computed once (in `workers` processes) and kept in an .npy file; the objects'
+    placements beside it (`placements_path`)."""
     path = Path(path)
-    if path.exists():
+    if path.exists() and placements_path(path).exists():
         cached = np.load(path, mmap_mode="r")
         if cached.shape == (len(seeds), spec.image_size, spec.image_size, 3):
             return cached
@@ -66,10 +82,11 @@ def build_image_cache(seeds: list[int], spec: DataSpec, path: Path, workers: int
     from tqdm.auto import tqdm
     jobs = [(s, spec) for s in seeds]
     with get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        images = list(tqdm(pool.imap(_cache_worker, jobs, chunksize=8), total=len(jobs), desc="input views"))
-    array = np.stack(images)
+        results = list(tqdm(pool.imap(_cache_worker, jobs, chunksize=8), total=len(jobs), desc="input views"))
+    array = np.stack([image for image, _ in results])
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, array)
+    np.save(placements_path(path), np.stack([place for _, place in results]))
     return array
 
 
@@ -104,10 +121,12 @@ def ray_targets(shape: Shape, spec: DataSpec, rng: np.random.Generator) -> dict[
 
 
 class ShapeDataset(Dataset):
-    """Item i: input view of object `seeds[i]`, the canonical conditioning camera and fresh supervision samples."""
+    """Item i: input view of object `seeds[i]`, the canonical conditioning camera and fresh supervision samples.
+    `placements` [N, 4] (from `build_image_cache`) skip re-normalising each object."""
 
-    def __init__(self, seeds: list[int], images: np.ndarray, spec: DataSpec, seed: int = 0):
-        self.seeds, self.images, self.spec = list(seeds), images, spec
+    def __init__(self, seeds: list[int], images: np.ndarray, spec: DataSpec, seed: int = 0,
+                 placements: np.ndarray | None = None):
+        self.seeds, self.images, self.spec, self.placements = list(seeds), images, spec, placements
         self.rng = np.random.default_rng(seed)
         self.camera = source_camera(2.0)[0]
 
@@ -115,8 +134,9 @@ class ShapeDataset(Dataset):
         return len(self.seeds)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        shape = make_shape(self.seeds[i])
-        rng = np.random.default_rng([self.seeds[i], int(self.rng.integers(2 ** 62))])
+        seed = self.seeds[i]
+        shape = make_shape(seed) if self.placements is None else placed_shape(seed, self.placements[i])
+        rng = np.random.default_rng([seed, int(self.rng.integers(2 ** 62))])
         image = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1).float() / 255
         return {"image": image, "camera": self.camera, **point_targets(shape, self.spec, rng),
                 **ray_targets(shape, self.spec, rng)}

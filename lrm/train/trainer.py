@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from ..config import LRMConfig
 from ..hub import read_checkpoint, save_pretrained
 from ..model import LRM
 from ..renderer import RayBundle, render_rays, view_ray_limits
-from .data import DataSpec, ShapeDataset, build_image_cache
+from .data import DataSpec, ShapeDataset, build_image_cache, placements_path
 
 OCCUPANCY_OFFSET = 3.95  # softplus(3.95 - 1) = 3.0
 DENSITY_SLOPE = 500.0    # raw density per unit of signed distance in the density target
@@ -66,6 +67,10 @@ class TrainConfig:
     log_every: int = 20
     save_every_minutes: float = 5.0
     seed: int = 0
+    device: str = "cpu"            # "cuda" trains on the GPU (under torchrun: the process's local GPU)
+    precision: str = "fp32"        # "bf16": the forward pass under bfloat16 autocast (weights and optimizer stay fp32)
+    model: dict = field(default_factory=dict)  # overrides of the preset's model config (a new run only)
+    data: dict = field(default_factory=dict)   # overrides of the preset's DataSpec
     weights: dict = field(default_factory=lambda: dict(occupancy=1.0, color=1.5, density=1.0, render=1.0, tv=1e-3))
 
 
@@ -84,7 +89,7 @@ class TrainStep(nn.Module):
         model = self.model
         planes = model.forward_planes(batch["image"], batch["camera"])  # (B, 3, C, H, W)
         raw, rgb = model.synthesizer(planes, batch["xyz"])  # (B, P, 1), (B, P, 3)
-        raw, sdf = raw[..., 0], batch["sdf"]
+        raw, rgb, sdf = raw[..., 0].float(), rgb.float(), batch["sdf"]  # losses in fp32, also under autocast
         inside = (sdf < 0).float()
         losses = {"occupancy": F.binary_cross_entropy_with_logits(raw - OCCUPANCY_OFFSET, inside)}
         # colour where it is seen: near the surface (weight 1.5) and inside
@@ -95,19 +100,25 @@ class TrainStep(nn.Module):
         # density 3.0 exactly on the surface; BCE alone leaves the density hovering just above the threshold.
         target = (OCCUPANCY_OFFSET - sdf * DENSITY_SLOPE).clamp(-8.0, 60.0)
         losses["density"] = F.smooth_l1_loss((raw - target) / 10, torch.zeros_like(raw))
-        # rendered rays with the model's own (stochastic) renderer
+        losses["tv"] = triplane_tv(planes.float())
+        if self.weights.get("render", 0.0):
+            losses["render"] = self.render_loss(planes, batch)
+        losses["total"] = sum(self.weights[k] * v for k, v in losses.items())
+        return losses
+
+    def render_loss(self, planes: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """MSE of rays rendered with the model's own (stochastic) renderer against the true colours."""
+        model = self.model
         n_coarse = n_fine = model.config.rendering_samples_per_ray // 2
         errors = []
         for b in range(planes.shape[0]):
             o, d = batch["ray_o"][b], batch["ray_d"][b]
             near_t, far_t = view_ray_limits(o, d)
-            rays = RayBundle(o, d, near_t, far_t, torch.rand(o.shape[0], n_coarse), torch.rand(o.shape[0], n_fine))
+            rays = RayBundle(o, d, near_t, far_t, torch.rand(o.shape[0], n_coarse, device=o.device),
+                             torch.rand(o.shape[0], n_fine, device=o.device))
             pred, _, _, _ = render_rays(model.synthesizer, planes[b:b + 1], rays, n_coarse, n_fine)
-            errors.append(((pred - batch["ray_rgb"][b]) ** 2).mean())
-        losses["render"] = torch.stack(errors).mean()
-        losses["tv"] = triplane_tv(planes)
-        losses["total"] = sum(self.weights[k] * v for k, v in losses.items())
-        return losses
+            errors.append(((pred.float() - batch["ray_rgb"][b]) ** 2).mean())
+        return torch.stack(errors).mean()
 
 
 def init_weights(model: LRM) -> None:
@@ -139,20 +150,36 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _distributed() -> tuple[int, int]:
+def _distributed(device: torch.device) -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
+def training_device(name: str) -> torch.device:
+    """The device to train on; under torchrun each process takes the GPU of its LOCAL_RANK."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but PyTorch sees no CUDA GPU; train with --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) into cfg.out; returns the folder holding config.json + model.safetensors."""
-    rank, world = _distributed()
+    device = training_device(cfg.device)
+    rank, world = _distributed(device)
     preset = PRESETS[cfg.preset]
     out = Path(cfg.out)
-    spec = DataSpec(**preset["data"])
+    spec = DataSpec(**(preset["data"] | cfg.data))
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
     torch.manual_seed(cfg.seed + rank)
 
     state_path = out / "trainer_state.pt"
@@ -162,23 +189,27 @@ def train(cfg: TrainConfig) -> Path:
         model.load_state_dict(ckpt.state_dict, strict=True)
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     else:
-        model = LRM(LRMConfig.from_dict(preset["model"]))
+        model = LRM(LRMConfig.from_dict(preset["model"] | cfg.model))
         init_weights(model)
         state = None
-    model.train()
+    model.to(device).train()
     step_module = TrainStep(model, cfg.weights)
-    wrapped = nn.parallel.DistributedDataParallel(step_module) if world > 1 else step_module
+    wrapped = step_module
+    if world > 1:
+        ids = [device] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
 
     seeds = list(range(cfg.objects))
     cache = out / f"inputs-{cfg.objects}-{spec.image_size}.npy"
     if rank == 0:
-        build_image_cache(seeds, spec, cache)
+        build_image_cache(seeds, spec, cache, workers=max(2, min(16, os.cpu_count() or 2)))
     if world > 1:
         dist.barrier()
-    dataset = ShapeDataset(seeds, build_image_cache(seeds, spec, cache), spec, seed=cfg.seed + 1000 * rank)
+    dataset = ShapeDataset(seeds, build_image_cache(seeds, spec, cache), spec, seed=cfg.seed + 1000 * rank,
+                           placements=np.load(placements_path(cache)))
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=cfg.batch, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-                        persistent_workers=cfg.workers > 0,
+                        persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda",
                         worker_init_fn=lambda _: torch.set_num_threads(1))
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
@@ -210,7 +241,8 @@ def train(cfg: TrainConfig) -> Path:
     while not done:
         sampler.set_epoch(epoch)
         for batch in loader:
-            losses = wrapped(batch)
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                losses = wrapped({k: v.to(device, non_blocking=True) for k, v in batch.items()})
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -226,7 +258,7 @@ def train(cfg: TrainConfig) -> Path:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{row['total']:.4f}", occ=f"{row['occupancy']:.3f}",
-                                    render=f"{row['render']:.4f}")
+                                    render=f"{row.get('render', 0.0):.4f}")
                 if cfg.save_every_minutes and elapsed - last_save >= cfg.save_every_minutes * 60:
                     last_save = elapsed
                     save(f"step-{step:06d}")
