@@ -125,6 +125,13 @@ def test_training_options_bf16_no_render_and_overrides(tmp_path):
     assert state["train_config"]["precision"] == "bf16" and state["train_config"]["data"]["surface_points"] == 32
 
 
+def test_unknown_override_keys_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown keys \\['point'\\]"):
+        train(TrainConfig(preset="tiny", out=str(tmp_path / "x"), data={"point": 3}))
+    with pytest.raises(ValueError, match="--model: unknown keys"):
+        train(TrainConfig(preset="tiny", out=str(tmp_path / "x"), model={"layers": 3}))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is present")
 def test_cuda_training_without_a_gpu_says_what_to_do():
     from lrm.train.trainer import training_device

@@ -177,6 +177,10 @@ def train(cfg: TrainConfig) -> Path:
     rank, world = _distributed(device)
     preset = PRESETS[cfg.preset]
     out = Path(cfg.out)
+    for what, given, known in (("--data", cfg.data, DataSpec.__dataclass_fields__),
+                               ("--model", cfg.model, LRMConfig.__dataclass_fields__)):
+        if unknown := sorted(set(given) - set(known)):
+            raise ValueError(f"{what}: unknown keys {unknown}; known: {', '.join(sorted(known))}")
     spec = DataSpec(**(preset["data"] | cfg.data))
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
