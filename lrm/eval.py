@@ -55,10 +55,16 @@ def chamfer(a: np.ndarray | None, b: np.ndarray | None) -> float:
 
 
 @torch.inference_mode()
+def object_planes(model: lrm.LRM, shape, spec: DataSpec) -> torch.Tensor:
+    """Planes [1, 3, C, H, W] from `shape`'s input view, as training shows it, on the model's device."""
+    image = torch.from_numpy(input_image(shape, spec)).permute(2, 0, 1)[None].float() / 255
+    return model.forward_planes(image.to(model.device), source_camera(2.0).to(model.device))
+
+
+@torch.inference_mode()
 def evaluate_object(model: lrm.LRM, seed: int, kind: str | None, spec: DataSpec, view_size: int = 64) -> dict:
     shape = make_shape(seed, kind)
-    image = torch.from_numpy(input_image(shape, spec)).permute(2, 0, 1)[None].float() / 255
-    planes = model.forward_planes(image.to(model.device), source_camera(2.0).to(model.device))
+    planes = object_planes(model, shape, spec)
     pred = density_grid(model, planes, GRID).float().cpu().numpy()
     true_sdf = shape.sdf(grid_coordinates(GRID, 0, GRID ** 3)).reshape(GRID, GRID, GRID).numpy()
     occ_pred, occ_true = pred > THRESHOLD, true_sdf < 0

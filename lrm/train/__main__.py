@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .trainer import PRESETS, TrainConfig, train
+from .trainer import PRECISIONS, PRESETS, TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help='"cpu" or "cuda" (a GPU; under torchrun, one per process)')
     p.add_argument("--weights", type=json.loads, default=None, help='loss weights as JSON, e.g. {"render": 0.5}')
-    p.add_argument("--precision", choices=("fp32", "bf16"), default=defaults.precision,
+    p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                    help="bf16: forward pass under bfloat16 autocast (faster on CPUs with AMX and on GPUs)")
     p.add_argument("--model", type=json.loads, default={}, help='model config overrides as JSON (new runs only)')
     p.add_argument("--data", type=json.loads, default={}, help='data overrides as JSON, e.g. {"rays": 64}')

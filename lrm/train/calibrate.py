@@ -19,10 +19,9 @@ import torch
 
 import lrm
 
-from ..camera import source_camera
-from ..eval import novel_view_psnr
+from ..eval import novel_view_psnr, object_planes
 from ..hub import read_checkpoint, save_pretrained
-from .data import DataSpec, input_image, make_shape
+from .data import DataSpec, make_shape
 from .trainer import OCCUPANCY_OFFSET
 
 CANDIDATES = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -48,8 +47,7 @@ def choose_sharpness(model: lrm.LRM, seeds: list[int], candidates=CANDIDATES, vi
     cases = []
     for seed in seeds:
         shape = make_shape(seed)
-        image = torch.from_numpy(input_image(shape, spec)).permute(2, 0, 1)[None].float() / 255
-        cases.append((shape, model.forward_planes(image.to(model.device), source_camera(2.0).to(model.device))))
+        cases.append((shape, object_planes(model, shape, spec)))
     scores = {}
     try:
         for k in candidates:

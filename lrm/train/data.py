@@ -69,14 +69,15 @@ def placements_path(images_path: Path) -> Path:
     return Path(images_path).with_suffix(".placement.npy")
 
 
-def build_image_cache(seeds: list[int], spec: DataSpec, path: Path, workers: int = 2) -> np.ndarray:
-    """Input views of all seeds, computed once (in `workers` processes) and kept in an .npy file; the objects'
-    placements beside it (`placements_path`)."""
+def build_image_cache(seeds: list[int], spec: DataSpec, path: Path,
+                      workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Input views of all seeds [N, S, S, 3] and the objects' placements [N, 4] (`placement`), computed once (in
+    `workers` processes) and kept in .npy files (`path` and `placements_path(path)`)."""
     path = Path(path)
     if path.exists() and placements_path(path).exists():
-        cached = np.load(path, mmap_mode="r")
-        if cached.shape == (len(seeds), spec.image_size, spec.image_size, 3):
-            return cached
+        cached, places = np.load(path, mmap_mode="r"), np.load(placements_path(path))
+        if cached.shape == (len(seeds), spec.image_size, spec.image_size, 3) and places.shape == (len(seeds), 4):
+            return cached, places
     from multiprocessing import get_context
 
     from tqdm.auto import tqdm
@@ -85,9 +86,10 @@ def build_image_cache(seeds: list[int], spec: DataSpec, path: Path, workers: int
         results = list(tqdm(pool.imap(_cache_worker, jobs, chunksize=8), total=len(jobs), desc="input views"))
     array = np.stack([image for image, _ in results])
     path.parent.mkdir(parents=True, exist_ok=True)
+    places = np.stack([place for _, place in results])
     np.save(path, array)
-    np.save(placements_path(path), np.stack([place for _, place in results]))
-    return array
+    np.save(placements_path(path), places)
+    return array, places
 
 
 def random_view_camera(rng: np.random.Generator, distance: float = 2.0) -> Tensor:

@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -26,10 +25,11 @@ from ..config import LRMConfig
 from ..hub import read_checkpoint, save_pretrained
 from ..model import LRM
 from ..renderer import RayBundle, render_rays, view_ray_limits
-from .data import DataSpec, ShapeDataset, build_image_cache, placements_path
+from .data import DataSpec, ShapeDataset, build_image_cache
 
 OCCUPANCY_OFFSET = 3.95  # softplus(3.95 - 1) = 3.0
 DENSITY_SLOPE = 500.0    # raw density per unit of signed distance in the density target
+PRECISIONS = ("fp32", "bf16")  # training arithmetic: bf16 runs the forward pass under autocast
 PRESETS: dict[str, dict] = {
     # The offline demo model (models/lrm-demo-shapes): 1.9 M parameters, 7.8 MB.
     "demo": dict(
@@ -182,8 +182,8 @@ def train(cfg: TrainConfig) -> Path:
         if unknown := sorted(set(given) - set(known)):
             raise ValueError(f"{what}: unknown keys {unknown}; known: {', '.join(sorted(known))}")
     spec = DataSpec(**(preset["data"] | cfg.data))
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
     torch.manual_seed(cfg.seed + rank)
 
     state_path = out / "trainer_state.pt"
@@ -209,8 +209,8 @@ def train(cfg: TrainConfig) -> Path:
         build_image_cache(seeds, spec, cache, workers=max(2, min(16, os.cpu_count() or 2)))
     if world > 1:
         dist.barrier()
-    dataset = ShapeDataset(seeds, build_image_cache(seeds, spec, cache), spec, seed=cfg.seed + 1000 * rank,
-                           placements=np.load(placements_path(cache)))
+    images, placements = build_image_cache(seeds, spec, cache)
+    dataset = ShapeDataset(seeds, images, spec, seed=cfg.seed + 1000 * rank, placements=placements)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=cfg.batch, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                         persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda",
