@@ -28,7 +28,7 @@ import lrm
 from lrm.config import LRMConfig, infer_defaults_for
 from lrm.hub import DEMO_MODEL, DEMO_MODEL_DIR, RELEASED_MODELS, V10_MODELS
 from lrm.pipeline import reconstruct_steps
-from lrm.preprocess import ImageError
+from lrm.preprocess import ImageError, load_image, recenter
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator everywhere else
     import spaces
@@ -194,7 +194,7 @@ class Defaults:
     """Reference Gradio settings (OpenLRM configs/infer-gradio.yaml); the frame size and, unless set here, the mesh
     resolution follow the chosen model (384 for the released ones)."""
     remove_background: bool = True
-    foreground_ratio: float = 0.85
+    foreground_ratio: float | None = None  # None: the chosen model's (0.85 for the released ones)
     source_distance: float = 2.0
     mesh_resolution: int | None = None
     threshold: float = 3.0
@@ -245,19 +245,18 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                   (f"Running **{labels.get(default, default)}**; available here: {', '.join(usable)}." if usable else
                    "No local model was given: start with `python app.py --model PATH/TO/CHECKPOINT`."))
 
-    def settings_of(source: str) -> tuple[int, int]:
-        """(frame size, mesh resolution) that go with a model, without loading it when possible."""
+    def settings_of(source: str) -> tuple[int, int, float]:
+        """(frame size, mesh resolution, foreground ratio) that go with a model, without loading it when possible."""
         path = DEMO_MODEL_DIR if source == DEMO_MODEL else Path(source).expanduser()
         found = local_defaults(path) if path.exists() else None
-        if found is not None:
-            return found.render_size, found.mesh_size
-        if not path.exists() and released_render_size(source):
-            return released_render_size(source), 384
-        try:
-            found = cache.get(source).infer_defaults
-            return found.render_size, found.mesh_size
-        except (ValueError, FileNotFoundError):
-            return 192, 384
+        if found is None and not path.exists() and released_render_size(source):
+            return released_render_size(source), 384, 0.85
+        if found is None:
+            try:
+                found = cache.get(source).infer_defaults
+            except (ValueError, FileNotFoundError):
+                return 192, 384, 0.85
+        return found.render_size, found.mesh_size, found.foreground_ratio
 
     # ---- handlers -------------------------------------------------------------------------------------------
 
@@ -299,6 +298,9 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
             raise _user_error(err) from None
         if cache.note:
             gr.Warning(cache.note, title="Using the offline demo model")
+            # recentred for the requested model: recentre again at the size the demo model was trained on
+            image = load_image(pre_image).convert("RGBA")
+            pre_image = recenter(image, model.infer_defaults.foreground_ratio, max(image.size))
         out = sessions.new_run(request)
         n_views, with_video = int(views), bool(video)
         weights = {"planes": (0.0, 0.1), "mesh": (0.1, 0.5 if with_video else 1.0), "video": (0.5, 1.0)}
@@ -338,8 +340,8 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                *buttons, summary)
 
     def on_model_change(source):
-        frame_size, mesh_size = settings_of(source)
-        return gr.Slider(value=frame_size), gr.Slider(value=mesh_size)
+        frame_size, mesh_size, foreground_ratio = settings_of(source)
+        return gr.Slider(value=frame_size), gr.Slider(value=mesh_size), gr.Slider(value=foreground_ratio)
 
     # ---- layout ---------------------------------------------------------------------------------------------
 
@@ -369,10 +371,11 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                 model = gr.Dropdown([(c.label, c.source) for c in choices], value=default, label="Model",
                                     allow_custom_value=True, elem_id="model", scale=2)
                 remove_bg = gr.Checkbox(defaults.remove_background, label="Remove background")
-                ratio = gr.Slider(0.5, 1.0, defaults.foreground_ratio, step=0.05, label="Foreground ratio")
+                frame_size, mesh_size, foreground_ratio = settings_of(default)
+                foreground_ratio = defaults.foreground_ratio or foreground_ratio
+                ratio = gr.Slider(0.5, 1.0, foreground_ratio, step=0.05, label="Foreground ratio")
                 distance = gr.Slider(1.0, 3.5, defaults.source_distance, step=0.1, label="Source camera distance")
             with gr.Row():
-                frame_size, mesh_size = settings_of(default)
                 mesh_res = gr.Slider(32, 512, defaults.mesh_resolution or mesh_size, step=32,
                                      label="Mesh resolution")
                 threshold = gr.Slider(0.5, 20.0, defaults.threshold, step=0.5, label="Density threshold")
@@ -389,12 +392,12 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         run = run.success(preprocess_image, [inp, remove_bg, ratio], [pre], api_name="preprocess",
                           concurrency_limit=2, concurrency_id="preprocess")
         run.success(generate, [pre] + settings, outputs, api_name="generate")
-        model.change(on_model_change, [model], [frame, mesh_res], api_visibility="private")
+        model.change(on_model_change, [model], [frame, mesh_res, ratio], api_visibility="private")
 
         examples = sorted(EXAMPLES_DIR.glob("*.png"))
         if examples:
             def example(image, request: gr.Request, progress=gr.Progress()):
-                pre_image = preprocess_image(image, defaults.remove_background, defaults.foreground_ratio, request)
+                pre_image = preprocess_image(image, defaults.remove_background, foreground_ratio, request)
                 *_, last = generate(pre_image, default, defaults.source_distance,
                                     defaults.mesh_resolution or mesh_size, defaults.threshold, defaults.video,
                                     defaults.views, defaults.fps, frame_size, request, progress)

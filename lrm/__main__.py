@@ -30,8 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video-size", type=int, default=None, help="video frame size [default: the model's]")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="[default: cpu]")
     p.add_argument("--no-rembg", action="store_true", help="do not remove the background (alpha is still used)")
-    p.add_argument("--foreground-ratio", type=float, default=0.85,
-                   help="object size relative to the image side after recentring [default: 0.85]")
+    p.add_argument("--foreground-ratio", type=float, default=None,
+                   help="object size relative to the image side after recentring [default: the model's; 0.85 for "
+                   "the released models, 0.6 for lrm-demo-shapes]")
     p.add_argument("--source-distance", type=float, default=2.0, help="input camera distance [default: 2.0]")
     p.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
                    help="autocast for the planes (encoder + transformer): bf16/fp16 use tensor cores on a GPU or AMX "

@@ -120,6 +120,9 @@ class InferDefaults:
     render_fps: int = 40
     mesh_size: int = 384
     mesh_threshold: float = 3.0
+    # The recentring of the input (`lrm.preprocess`): the reference app's 0.85; this project's own models store the
+    # ratio their training views had (lrm/train/data.py) in infer.json.
+    foreground_ratio: float = 0.85
 
 
 # OpenLRM v1.1.1 `configs/infer-{s,b,l}.yaml`, keyed by transformer_dim (the size that tells the released models apart).
@@ -137,7 +140,8 @@ def infer_defaults_for(config: LRMConfig, stored: Mapping[str, Any] | None = Non
         source, render = _V11_SIZES.get(config.transformer_dim, (224, 192))
     values: dict[str, Any] = dict(source_size=source, render_size=render,
                                   samples_per_ray=config.rendering_samples_per_ray)
-    for key in ("source_size", "render_size", "source_cam_dist", "render_views", "render_fps", "mesh_size"):
+    for key in ("source_size", "render_size", "source_cam_dist", "render_views", "render_fps", "mesh_size",
+                "foreground_ratio"):
         if stored and stored.get(key) is not None:
             values[key] = type(getattr(InferDefaults, key))(stored[key])
     if stored and stored.get("mesh_thres") is not None:

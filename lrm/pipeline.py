@@ -67,7 +67,8 @@ def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None
 
 
 def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None = None, *, name: str = "model",
-                      remove_background: bool = True, foreground_ratio: float = 0.85, source_distance: float = 2.0,
+                      remove_background: bool = True, foreground_ratio: float | None = None,
+                      source_distance: float = 2.0,
                       mesh_resolution: int | None = None, threshold: float | None = None,
                       formats: Iterable[str] = MESH_FORMATS, video: bool = True, n_views: int = 100, fps: int = 25,
                       video_size: int | None = None, remover: BackgroundRemover | None = None,
@@ -77,7 +78,9 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
     """`reconstruct`, yielding (stage, partial result) after each finished stage, so callers can show the mesh
     before the video is done.
 
-    mesh_resolution, threshold: marching-cubes grid and density level (default: the model's, 384 and 3.0);
+    foreground_ratio: the object's size after recentring (default: the model's; 0.85 for the released models, the
+    reference app's). mesh_resolution, threshold: marching-cubes grid and density level (default: the model's, 384 and
+    3.0);
     mesh_resolution=0 skips the mesh. formats: mesh files to write (any of "glb", "obj", "ply"). video, n_views,
     fps, video_size: the orbit video (default size: the model's render size). mode: "fast" (default) or "reference"
     (OpenLRM's exact algorithms; see lrm/fast.py). precision: "fp32" (default), "bf16" or "fp16" autocast for the
@@ -91,6 +94,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
     defaults = model.infer_defaults
     mesh_resolution = defaults.mesh_size if mesh_resolution is None else mesh_resolution
     threshold = defaults.mesh_threshold if threshold is None else threshold
+    foreground_ratio = defaults.foreground_ratio if foreground_ratio is None else foreground_ratio
     out = Path(out_dir) if out_dir is not None else None
     result = Reconstruction(image=None, planes=None, mesh=None)
 

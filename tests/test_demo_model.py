@@ -8,6 +8,7 @@ import torch
 import lrm
 from lrm.eval import evaluate
 from lrm.hub import DEMO_MODEL, DEMO_MODEL_DIR
+from lrm.train.data import FOREGROUND_RATIO
 from lrm.train.trainer import PRESETS
 
 
@@ -24,6 +25,7 @@ def test_demo_model_is_the_release_format_and_small(model):
     assert {k: config[k] for k in PRESETS["demo"]["model"]} == PRESETS["demo"]["model"]  # the card's recipe
     d = model.infer_defaults
     assert (d.source_size, d.render_size, d.mesh_size) == (128, 192, 256)
+    assert d.foreground_ratio == FOREGROUND_RATIO  # inputs are recentred like its training views
 
 
 def test_demo_model_reconstructs_held_out_objects(model):

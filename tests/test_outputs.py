@@ -246,7 +246,7 @@ def test_reconstruct_writes_everything_with_timings(tiny_model, tmp_path):
     assert list(dict.fromkeys(s for s, f in stages if f == 1.0)) == ["preprocess", "planes", "mesh", "video"]
     assert all(0 <= f <= 1 for _, f in stages)
     assert result.planes.shape == (1, 3, 8, 16, 16) and len(result.mesh.vertices) > 0
-    assert Image.open(result.files["png"]).size == (512, 512)
+    assert_centred(Image.open(result.files["png"]))  # a model that stores no ratio: the reference app's 0.85
     nothing = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", None, mesh_resolution=0, video=False)
     assert nothing.files == {} and nothing.mesh is None
 
@@ -290,3 +290,6 @@ def test_cli_falls_back_to_the_demo_model_offline(tmp_path):
     assert "NOTE: Using the embedded demo model 'lrm-demo-shapes'" in done.stderr
     assert "openlrm-mix-base-1.1" in done.stderr
     assert (tmp_path / "torus.glb").is_file() and (tmp_path / "torus.mp4").is_file()
+    # recentred at the demo model's own ratio (its training views' framing), not the released models' 0.85
+    from lrm.train.data import FOREGROUND_RATIO
+    assert_centred(Image.open(tmp_path / "torus_input.png"), ratio=FOREGROUND_RATIO)

@@ -10,33 +10,48 @@ import pytest
 import torch
 
 import lrm
-from lrm.train.data import (DataSpec, ShapeDataset, input_image, make_shape, placed_shape, placement,
-                            placements_path, point_targets, ray_targets)
+import lrm.train.shapes
+from lrm.lift import project
+from lrm.train.data import (FOREGROUND_RATIO, DataSpec, ShapeDataset, input_image, make_shape, placed_shape,
+                            placement, placements_path, point_targets, ray_targets)
 from lrm.train.shapes import KINDS, Shape
 from lrm.train.trainer import PRESETS, TrainConfig, train
 
 
-def test_shapes_are_deterministic_and_normalised():
+def test_shapes_are_deterministic_and_framed():
+    spec = DataSpec(image_size=64)
+    _, camera = lrm.train.shapes.source_view_camera(2.0)
     for seed in (0, 7, 123):
         a, b = make_shape(seed), make_shape(seed)
         assert a.kind == b.kind and torch.equal(a.offset, b.offset) and a.scale == b.scale
         pts = torch.rand(2000, 3) * 2 - 1
         assert torch.equal(a.sdf(pts), b.sdf(pts)) and torch.equal(a.color(pts), b.color(pts))
-        # normalised: bounding box centred, longer image-plane side (x or z) 1.5, depth at most 1.9
+        # inside the box, depth centred on the bounding box and at most 1.9
         axis = torch.linspace(-1, 1, 64)
         grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
         inside = grid[a.sdf(grid) < 0]
         lo, hi = inside.min(0).values, inside.max(0).values
-        size = hi - lo
-        assert max(size[0], size[2]) == pytest.approx(1.5, abs=0.1) or size[1] == pytest.approx(1.9, abs=0.1)
-        assert size.max() < 2.0 and ((lo + hi) / 2).abs().max() < 0.08
+        assert (hi - lo)[1] < 1.95 and inside.abs().max() < 1.0 and abs(float(lo[1] + hi[1])) < 0.08
+        # framed: the canonical view is what lrm.preprocess makes of it at FOREGROUND_RATIO (centred, longer side)
+        _, alpha = a.render(camera[None], 128)
+        rows, cols = torch.nonzero(alpha[0, 0] > 0.5, as_tuple=True)
+        extent = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1).item() / 128
+        assert extent == pytest.approx(FOREGROUND_RATIO, abs=0.03)
+        assert abs((rows.max() + rows.min() + 1).item() / 256 - 0.5) < 0.02
+        assert abs((cols.max() + cols.min() + 1).item() / 256 - 0.5) < 0.02
+        # and the input image is that view: the conditioning camera projects the object onto its pixels
+        image = input_image(a, spec)
+        surface = inside[a.sdf(inside) > -0.05]
+        uv = project(surface[None], lrm.source_camera())[0]
+        px = (uv * spec.image_size).long().clamp(0, spec.image_size - 1)
+        assert (image[px[:, 1], px[:, 0]] < 250).any(-1).mean() > 0.97
     assert make_shape(1).kind != make_shape(2).kind or not torch.equal(make_shape(1).offset, make_shape(2).offset)
     for kind in KINDS:
         assert Shape.random(5, kind).kind == kind
 
 
 def test_views_and_targets_are_deterministic():
-    spec = DataSpec(image_size=64, render_size=80)
+    spec = DataSpec(image_size=64)
     shape = make_shape(11)
     assert np.array_equal(input_image(shape, spec), input_image(make_shape(11), spec))
     image = input_image(shape, spec)
@@ -51,7 +66,7 @@ def test_views_and_targets_are_deterministic():
 
 
 def test_dataset_items():
-    spec = DataSpec(image_size=64, render_size=80, uniform_points=100, surface_points=100, rays=16)
+    spec = DataSpec(image_size=64, uniform_points=100, surface_points=100, rays=16)
     images = np.stack([input_image(make_shape(s), spec) for s in range(2)])
     item = ShapeDataset([0, 1], images, spec)[1]
     assert item["image"].shape == (3, 64, 64) and item["xyz"].shape == (200, 3)
@@ -60,7 +75,7 @@ def test_dataset_items():
 
 def test_stored_placements_rebuild_the_same_objects():
     """Training items skip the normalisation's grid search with the placement stored beside the image cache."""
-    spec = DataSpec(image_size=64, render_size=80, uniform_points=64, surface_points=64, rays=8)
+    spec = DataSpec(image_size=64, uniform_points=64, surface_points=64, rays=8)
     seeds = [3, 8, 21]
     places = np.stack([placement(make_shape(s)) for s in seeds])
     pts = torch.rand(500, 3) * 2 - 1
@@ -89,7 +104,7 @@ def test_smoke_training_learns_and_reloads(tmp_path):
     assert last < 0.8 * first, (first, last)
     model = lrm.load_model(out)  # the release format: config.json + model.safetensors
     assert model.release == "1.1" and model.config.triplane_lift
-    cache = out / "inputs-24-64.npy"
+    cache = out / "views-24-64.npy"
     assert np.load(placements_path(cache)).shape == (24, 4) and np.load(cache).shape == (24, 64, 64, 3)
     assert json.loads((out / "config.json").read_text())["triplane_lift"] is True
     image = torch.full((1, 3, 64, 64), 0.5)

@@ -1,9 +1,11 @@
 """Training data from procedural shapes: input views exactly as inference sees them, and 3D / ray supervision.
 
-Protocol (no hidden camera jitter): each object is normalised (bounding box centred, longest side 1.5), seen by
-OpenLRM's canonical input camera (distance 2, intrinsics 0.75 / 0.5), and the view goes through the same recentring
-as `lrm.preprocess` at inference. Targets live in the same normalised world frame: occupancy and colour at points
-(uniform and near the surface) and the colours of random rays from random orbit views.
+Protocol (no hidden camera jitter, no hidden zoom): each object is placed so that OpenLRM's canonical input camera
+(distance 2, intrinsics 0.75 / 0.5) sees it centred with the longer side of its 2D box `FOREGROUND_RATIO` of the frame
+(`Shape.framed`); the input image is exactly that camera's view. `lrm.preprocess` recentres any picture the same way
+(the demo model's `foreground_ratio` inference default), so the conditioning camera projects every 3D point where the
+image shows it. Targets live in the same world frame: occupancy and colour at points (uniform and near the surface)
+and the colours of random rays from random orbit views.
 """
 
 from __future__ import annotations
@@ -14,22 +16,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..camera import get_rays, look_at_origin, render_cameras, source_camera
-from ..preprocess import image_to_tensor, recenter
-from .shapes import Shape, render_rgba, source_view_camera
+from .shapes import Shape, source_view_camera
 
 HELD_OUT_SEED = 10_000_000  # evaluation seeds start here; training seeds stay below
+# The objects' 2D box in the input view, as a fraction of the frame: the largest that keeps objects inside the
+# [-1, 1]^3 box (the canonical camera sees 2.67 units across at the origin; 0.85, the reference app's recentring,
+# would need 2.27).
+FOREGROUND_RATIO = 0.6
 
 
 @dataclass(frozen=True)
 class DataSpec:
     image_size: int = 128          # model input (source) size
-    render_size: int = 160         # the canonical view is rendered at this size, then recentred to image_size
-    foreground_ratio: float = 0.85
+    supersample: int = 2           # the input view is rendered at this many times image_size, then area-averaged
     uniform_points: int = 2048
     surface_points: int = 2048
     surface_noise: float = 0.03
@@ -37,16 +41,18 @@ class DataSpec:
     ray_view_size: int = 64
 
 
+
 def make_shape(seed: int, kind: str | None = None) -> Shape:
-    return Shape.random(seed, kind).normalized()
+    return Shape.random(seed, kind).framed(FOREGROUND_RATIO)
 
 
 def input_image(shape: Shape, spec: DataSpec) -> np.ndarray:
-    """The canonical view, recentred like `lrm.preprocess` -> uint8 RGB [S, S, 3] over white."""
+    """The canonical camera's view (supersampled, area-averaged: the geometry stays exact) -> uint8 RGB [S, S, 3]
+    over white."""
     _, camera = source_view_camera(2.0)
-    rgba = Image.fromarray(render_rgba(shape, camera, spec.render_size), "RGBA")
-    image = recenter(rgba, spec.foreground_ratio, spec.image_size)
-    return (image_to_tensor(image, spec.image_size)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    rgb, _ = shape.render(camera[None], spec.image_size * spec.supersample)
+    rgb = F.avg_pool2d(rgb, spec.supersample)[0]
+    return (rgb.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def placement(shape: Shape) -> np.ndarray:

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..camera import get_rays, look_at_origin, render_cameras, source_camera
+from ..camera import FOCAL, get_rays, look_at_origin, render_cameras, source_camera
 
 KINDS = ("sphere", "box", "rounded_box", "cylinder", "cone", "torus", "capsule")
 LIGHT = F.normalize(torch.tensor([-0.45, -0.8, 0.6]), dim=0)  # from the front-left, above
 AMBIENT, DIFFUSE = 0.45, 0.55
 EXTENT = 0.8  # objects stay inside [-EXTENT, EXTENT]^3
+BOX = 0.95  # placed objects (`Shape.framed`) stay inside [-BOX, BOX] across the view
 
 
 def _length2(x: Tensor, y: Tensor) -> Tensor:
@@ -144,6 +145,41 @@ class Shape:
         size = hi - lo
         scale = max(float(max(size[0], size[2])) / extent, float(size[1]) / max_depth)
         return Shape(self.primitives, scale, (lo + hi) / 2)
+
+    def framed(self, ratio: float, distance: float = 2.0, max_depth: float = 1.9, grid: int = 48,
+               iterations: int = 4) -> "Shape":
+        """The same object placed so that OpenLRM's canonical input camera (`distance`, intrinsics 0.75 / 0.5) sees
+        its 2D bounding box centred with the longer side `ratio` of the frame, i.e. what `lrm.preprocess`'s recentring
+        makes of any image at foreground_ratio = ratio. Its depth (y) stays centred on its bounding box, at most
+        `max_depth` deep (a deeper object is made smaller in the picture instead).
+
+        So the canonical view of the placed object *is* the input image: the conditioning camera projects every point
+        exactly where the image shows it (no hidden zoom or shift between the picture and the 3D frame).
+        """
+        from ..lift import project
+        base = self.normalized(max_depth=max_depth, grid=grid)
+        axis = torch.linspace(-1, 1, grid)
+        q = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        cell = 2 / (grid - 1)
+        q = q[base._raw_sdf(q) < cell / 2]  # grid points up to half a cell outside: extremes ~ on the surface
+        if len(q) == 0:
+            return self
+        camera = source_view_camera(distance)[0][None]
+        scale, offset = base.scale, base.offset.clone()
+        for _ in range(iterations):
+            p = (q - offset) / scale
+            uv = project(p[None], camera)[0]
+            lo, hi = uv.min(0).values, uv.max(0).values
+            depth = float(p[:, 1].max() - p[:, 1].min())
+            zoom = min(ratio / float((hi - lo).max()), max_depth / depth, BOX / float(p[:, [0, 2]].abs().max()))
+            scale = scale / zoom  # world points scale by `zoom` about the origin
+            p = p * zoom
+            center = (lo + hi) / 2
+            shift = torch.tensor([-(float(center[0]) - 0.5) * distance / FOCAL,
+                                  -(float(p[:, 1].max() + p[:, 1].min()) / 2),
+                                  (float(center[1]) - 0.5) * distance / FOCAL])
+            offset = offset - shift * scale
+        return Shape(self.primitives, scale, offset)
 
     @classmethod
     def random(cls, seed: int, kind: str | None = None) -> "Shape":

@@ -25,7 +25,7 @@ from ..config import LRMConfig
 from ..hub import read_checkpoint, save_pretrained
 from ..model import LRM
 from ..renderer import RayBundle, render_rays, view_ray_limits
-from .data import DataSpec, ShapeDataset, build_image_cache
+from .data import FOREGROUND_RATIO, DataSpec, ShapeDataset, build_image_cache
 
 OCCUPANCY_OFFSET = 3.95  # softplus(3.95 - 1) = 3.0
 DENSITY_SLOPE = 500.0    # raw density per unit of signed distance in the density target
@@ -37,8 +37,8 @@ PRESETS: dict[str, dict] = {
                    transformer_heads=4, triplane_low_res=16, triplane_high_res=32, triplane_dim=32,
                    encoder_type="dinov2", encoder_model_name="custom-dinov2-s128-p8-d128-l4-h4-r0",
                    encoder_feat_dim=128, encoder_freeze=False, triplane_lift=True, triplane_lift_rgb=True),
-        data=dict(image_size=128, render_size=160),
-        infer=dict(source_size=128, render_size=192, mesh_size=256)),
+        data=dict(image_size=128),
+        infer=dict(source_size=128, render_size=192, mesh_size=256, foreground_ratio=FOREGROUND_RATIO)),
     # A few-second model for tests and smoke runs.
     "tiny": dict(
         model=dict(camera_embed_dim=16, rendering_samples_per_ray=16, transformer_dim=32, transformer_layers=1,
@@ -46,8 +46,8 @@ PRESETS: dict[str, dict] = {
                    encoder_type="dinov2", encoder_model_name="custom-dinov2-s64-p16-d32-l1-h2-r0",
                    encoder_feat_dim=32, encoder_freeze=False, triplane_lift=True, triplane_lift_rgb=True,
                    density_scale=10.0),
-        data=dict(image_size=64, render_size=80, uniform_points=256, surface_points=256, rays=32),
-        infer=dict(source_size=64, render_size=64, mesh_size=64)),
+        data=dict(image_size=64, uniform_points=256, surface_points=256, rays=32),
+        infer=dict(source_size=64, render_size=64, mesh_size=64, foreground_ratio=FOREGROUND_RATIO)),
 }
 
 
@@ -204,7 +204,7 @@ def train(cfg: TrainConfig) -> Path:
         wrapped = nn.parallel.DistributedDataParallel(step_module, device_ids=ids)
 
     seeds = list(range(cfg.objects))
-    cache = out / f"inputs-{cfg.objects}-{spec.image_size}.npy"
+    cache = out / f"views-{cfg.objects}-{spec.image_size}.npy"  # ("inputs-*": the earlier, recentred protocol)
     if rank == 0:
         build_image_cache(seeds, spec, cache, workers=max(2, min(16, os.cpu_count() or 2)))
     if world > 1:
