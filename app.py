@@ -192,7 +192,8 @@ class Sessions:
 @dataclass
 class Defaults:
     """Reference Gradio settings (OpenLRM configs/infer-gradio.yaml); the frame size and, unless set here, the mesh
-    resolution follow the chosen model (384 for the released ones)."""
+    resolution (384 for the released ones) and the foreground ratio (0.85 for the released ones) follow the chosen
+    model."""
     remove_background: bool = True
     foreground_ratio: float | None = None  # None: the chosen model's (0.85 for the released ones)
     source_distance: float = 2.0

@@ -41,7 +41,6 @@ class DataSpec:
     ray_view_size: int = 64
 
 
-
 def make_shape(seed: int, kind: str | None = None) -> Shape:
     return Shape.random(seed, kind).framed(FOREGROUND_RATIO)
 

@@ -132,8 +132,7 @@ class Shape:
         """The same object, centred on its bounding box and scaled so that the longer of its x and z sides (the
         image axes of the canonical input camera) is `extent`, its depth (y) side at most `max_depth`.
 
-        This matches what recentring does to the input image (its 2D box gets a fixed size), so the scale of the
-        object follows from the image instead of from its unseen depth.
+        A first, 3D-only placement; `framed` then matches it to the picture (the objects of the training protocol).
         """
         axis = torch.linspace(-1, 1, grid)
         q = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
