@@ -25,7 +25,7 @@ import gradio as gr
 import torch
 
 import lrm
-from lrm.config import LRMConfig, infer_defaults_for
+from lrm.config import InferDefaults, LRMConfig, infer_defaults_for
 from lrm.hub import DEMO_MODEL, DEMO_MODEL_DIR, RELEASED_MODELS, V10_MODELS
 from lrm.pipeline import reconstruct_steps
 from lrm.preprocess import ImageError, load_image, recenter
@@ -251,12 +251,12 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         path = DEMO_MODEL_DIR if source == DEMO_MODEL else Path(source).expanduser()
         found = local_defaults(path) if path.exists() else None
         if found is None and not path.exists() and released_render_size(source):
-            return released_render_size(source), 384, 0.85
+            return released_render_size(source), 384, InferDefaults.foreground_ratio
         if found is None:
             try:
                 found = cache.get(source).infer_defaults
             except (ValueError, FileNotFoundError):
-                return 192, 384, 0.85
+                return 192, 384, InferDefaults.foreground_ratio
         return found.render_size, found.mesh_size, found.foreground_ratio
 
     # ---- handlers -------------------------------------------------------------------------------------------

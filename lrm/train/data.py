@@ -55,12 +55,12 @@ def input_image(shape: Shape, spec: DataSpec) -> np.ndarray:
 
 
 def placement(shape: Shape) -> np.ndarray:
-    """A normalised shape's placement (scale, offset x, y, z) as float64 [4]: exact for `placed_shape`."""
+    """A placed shape's placement (scale, offset x, y, z) as float64 [4]: exact for `placed_shape`."""
     return np.array([shape.scale, *shape.offset.tolist()], dtype=np.float64)
 
 
 def placed_shape(seed: int, place: np.ndarray) -> Shape:
-    """`make_shape(seed)` from its stored placement, without the normalisation's grid search (bit-identical)."""
+    """`make_shape(seed)` from its stored placement, without the placement's grid search (bit-identical)."""
     return Shape(Shape.random(seed).primitives, float(place[0]), torch.tensor(place[1:], dtype=torch.float32))
 
 

@@ -16,12 +16,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..camera import FOCAL, get_rays, look_at_origin, render_cameras, source_camera
+from ..lift import project
 
 KINDS = ("sphere", "box", "rounded_box", "cylinder", "cone", "torus", "capsule")
 LIGHT = F.normalize(torch.tensor([-0.45, -0.8, 0.6]), dim=0)  # from the front-left, above
 AMBIENT, DIFFUSE = 0.45, 0.55
 EXTENT = 0.8  # objects stay inside [-EXTENT, EXTENT]^3
+SIDE = 1.5  # `Shape.normalized`: the longer side across the canonical view
 BOX = 0.95  # placed objects (`Shape.framed`) stay inside [-BOX, BOX] across the view
+
+
+def _grid_points(grid: int) -> Tensor:
+    """The grid x grid x grid lattice over [-1, 1]^3 -> points [grid^3, 3]."""
+    axis = torch.linspace(-1, 1, grid)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
 
 
 def _length2(x: Tensor, y: Tensor) -> Tensor:
@@ -128,15 +136,18 @@ class Shape:
     def _raw_sdf(self, q: Tensor) -> Tensor:
         return torch.stack([prim.sdf(q) for prim in self.primitives]).min(0).values
 
-    def normalized(self, extent: float = 1.5, max_depth: float = 1.9, grid: int = 48) -> "Shape":
+    def normalized(self, extent: float = SIDE, max_depth: float = 1.9, grid: int = 48) -> "Shape":
         """The same object, centred on its bounding box and scaled so that the longer of its x and z sides (the
         image axes of the canonical input camera) is `extent`, its depth (y) side at most `max_depth`.
 
         A first, 3D-only placement; `framed` then matches it to the picture (the objects of the training protocol).
         """
-        axis = torch.linspace(-1, 1, grid)
-        q = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-        inside = q[self._raw_sdf(q) < 0]
+        q = _grid_points(grid)
+        return self._normalized(q, self._raw_sdf(q), extent, max_depth, grid)
+
+    def _normalized(self, q: Tensor, sdf: Tensor, extent: float, max_depth: float, grid: int) -> "Shape":
+        """`normalized` from the raw signed distances `sdf` at the grid points `q`."""
+        inside = q[sdf < 0]
         if len(inside) == 0:
             return self
         cell = 2 / (grid - 1)
@@ -155,12 +166,11 @@ class Shape:
         So the canonical view of the placed object *is* the input image: the conditioning camera projects every point
         exactly where the image shows it (no hidden zoom or shift between the picture and the 3D frame).
         """
-        from ..lift import project
-        base = self.normalized(max_depth=max_depth, grid=grid)
-        axis = torch.linspace(-1, 1, grid)
-        q = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        q = _grid_points(grid)
+        sdf = self._raw_sdf(q)  # one evaluation serves the 3D placement and the projected extremes
+        base = self._normalized(q, sdf, SIDE, max_depth, grid)
         cell = 2 / (grid - 1)
-        q = q[base._raw_sdf(q) < cell / 2]  # grid points up to half a cell outside: extremes ~ on the surface
+        q = q[sdf < cell / 2]  # grid points up to half a cell outside: extremes ~ on the surface
         if len(q) == 0:
             return self
         camera = source_view_camera(distance)[0][None]
