@@ -4,6 +4,9 @@ Metrics per object, with the training protocol's canonical input camera and worl
 (density > 3.0) on a 64³ grid, Chamfer distance between the predicted and true surfaces (mean of both directions, in
 [-1, 1]-box units and in 64³ voxels), and PSNR of novel views rendered by the model against the true object.
 Reported overall and per primitive type (single-primitive objects of each kind, plus random unions).
+
+`--tolerance` prints how to read the IoU: the IoU that a uniform surface error of 0.5-3 voxels (the true object grown
+or shrunk by that much) scores on the same objects, with no model involved.
 """
 
 from __future__ import annotations
@@ -87,19 +90,64 @@ def novel_view_psnr(model: lrm.LRM, planes: torch.Tensor, shape, view_size: int 
     return float((10 * torch.log10(1 / mse)).mean())
 
 
-def evaluate(model: lrm.LRM, per_kind: int = 4, unions: int = 12, spec: DataSpec | None = None) -> dict:
-    """Held-out objects: `per_kind` single primitives of each kind and `unions` random unions."""
-    spec = spec or DataSpec(image_size=model.infer_defaults.source_size)
+def held_out_objects(per_kind: int, unions: int) -> list[tuple[int, str | None]]:
+    """(seed, kind) of the evaluation objects: `per_kind` single primitives of each kind, then `unions` random
+    unions (kind None)."""
     jobs = [(HELD_OUT_SEED + 1000 * k + i, kind) for k, kind in enumerate(KINDS) for i in range(per_kind)]
-    jobs += [(HELD_OUT_SEED + 100_000 + i, None) for i in range(unions)]
-    rows = [evaluate_object(model, seed, kind, spec) for seed, kind in jobs]
+    return jobs + [(HELD_OUT_SEED + 100_000 + i, None) for i in range(unions)]
+
+
+def summarize(rows: list[dict], metrics: tuple[str, ...]) -> dict:
+    """Means of `metrics` over all rows and per kind ("union" for the multi-primitive objects)."""
     summary = {}
     for group in ["all", *KINDS, "union"]:
         sel = [r for r in rows if group == "all" or r["kind"] == group]
         if sel:
-            summary[group] = {m: float(np.nanmean([r[m] for r in sel])) for m in ("iou", "chamfer", "chamfer_voxels",
-                                                                                 "psnr")} | {"n": len(sel)}
-    return {"summary": summary, "objects": rows}
+            summary[group] = {m: float(np.nanmean([r[m] for r in sel])) for m in metrics} | {"n": len(sel)}
+    return summary
+
+
+def evaluate(model: lrm.LRM, per_kind: int = 4, unions: int = 12, spec: DataSpec | None = None) -> dict:
+    """Held-out objects: `per_kind` single primitives of each kind and `unions` random unions."""
+    spec = spec or DataSpec(image_size=model.infer_defaults.source_size)
+    rows = [evaluate_object(model, seed, kind, spec) for seed, kind in held_out_objects(per_kind, unions)]
+    return {"summary": summarize(rows, ("iou", "chamfer", "chamfer_voxels", "psnr")), "objects": rows}
+
+
+TOLERANCES = (0.5, 1.0, 2.0, 3.0)  # uniform surface errors, in 64³ voxels
+
+
+def tolerance_iou(sdf: torch.Tensor, voxels: float) -> tuple[float, float]:
+    """IoU of the occupancy sdf < 0 against the same object grown and shrunk by `voxels` 64³ voxels -> (grown,
+    shrunk): what a prediction whose surface is off by that much everywhere scores."""
+    true, offset = sdf < 0, voxels * 2 / (GRID - 1)
+    grown, shrunk = sdf < offset, sdf < -offset
+    return float(true.sum() / grown.sum()), float(shrunk.sum() / true.sum())
+
+
+@torch.inference_mode()
+def tolerance_table(per_kind: int = 4, unions: int = 12) -> dict:
+    """`tolerance_iou` on the held-out objects, per kind: the scale on which to read a model's IoU."""
+    points = grid_coordinates(GRID, 0, GRID ** 3)
+    rows = []
+    for seed, kind in held_out_objects(per_kind, unions):
+        sdf = make_shape(seed, kind).sdf(points)
+        row = {"seed": seed, "kind": kind or "union"}
+        for v in TOLERANCES:
+            row[f"grown {v:g}"], row[f"shrunk {v:g}"] = tolerance_iou(sdf, v)
+        rows.append(row)
+    metrics = tuple(k for k in rows[0] if k not in ("seed", "kind"))
+    return {"summary": summarize(rows, metrics), "objects": rows}
+
+
+def format_tolerance(summary: dict) -> str:
+    names = [k for k in next(iter(summary.values())) if k != "n"]
+    lines = ["IoU @ 64³ of the true objects against themselves grown / shrunk by a uniform surface error (voxels):",
+             f"{'objects':<12} {'n':>3} " + " ".join(f"{'±' + n.split()[1]:>11}" for n in names[::2])]
+    for group, m in summary.items():
+        cells = " ".join(f"{m[g]:>5.3f}/{m[s]:<5.3f}" for g, s in zip(names[::2], names[1::2]))
+        lines.append(f"{group:<12} {m['n']:>3} {cells}")
+    return "\n".join(lines)
 
 
 def format_table(summary: dict) -> str:
@@ -112,14 +160,21 @@ def format_table(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lrm.eval", description=__doc__.splitlines()[0])
-    p.add_argument("models", nargs="+", help="checkpoints (folders / files / repo ids) to evaluate")
+    p.add_argument("models", nargs="*", help="checkpoints (folders / files / repo ids) to evaluate")
     p.add_argument("--per-kind", type=int, default=4, help="held-out single-primitive objects per kind")
     p.add_argument("--unions", type=int, default=12, help="held-out multi-primitive objects")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--device", default="cpu", help='"cpu" or "cuda"')
+    p.add_argument("--tolerance", action="store_true",
+                   help="also print the IoU that a uniform surface error of 0.5-3 voxels scores on the same objects")
     args = p.parse_args(argv)
+    if not args.models and not args.tolerance:
+        p.error("give at least one model to evaluate (or --tolerance)")
     torch.set_grad_enabled(False)
-    results = {}
+    results, tolerance = {}, None
+    if args.tolerance:
+        tolerance = tolerance_table(args.per_kind, args.unions)
+        print(format_tolerance(tolerance["summary"]))
     for source in args.models:
         model = lrm.load_model(source, args.device)
         results[source] = evaluate(model, args.per_kind, args.unions) | training_progress(source)
@@ -130,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{source:<40} {r.get('step', -1):>6} {r.get('minutes', float('nan')):>8.1f} "
                   f"{r['summary']['all']['iou']:>7.3f} {r['summary']['all']['psnr']:>8.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps(results | ({"tolerance": tolerance} if tolerance else {}), indent=1))
     return 0
 
 

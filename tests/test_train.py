@@ -218,3 +218,21 @@ def test_density_calibration_keeps_the_surface():
     assert torch.equal(raw > OCCUPANCY_OFFSET, raw4 > OCCUPANCY_OFFSET)  # the density-3.0 surface does not move
     saved = json.loads(json.dumps(sharp.config.to_dict()))
     assert saved["density_scale"] == 40.0 and lrm.LRMConfig.from_dict(saved) == sharp.config
+
+
+def test_tolerance_table_reads_iou_as_a_surface_error(tmp_path, capsys):
+    from lrm.eval import GRID, main as eval_main, tolerance_iou
+    from lrm.mesh import grid_coordinates
+    sdf = grid_coordinates(GRID, 0, GRID ** 3).norm(dim=-1) - 0.5  # a sphere of radius 0.5
+    d = 2 / (GRID - 1)
+    grown, shrunk = tolerance_iou(sdf, 1.0)
+    assert grown == pytest.approx((0.5 / (0.5 + d)) ** 3, abs=0.01)  # volume ratio of the nested spheres
+    assert shrunk == pytest.approx(((0.5 - d) / 0.5) ** 3, abs=0.01)
+    assert eval_main(["--tolerance", "--per-kind", "1", "--unions", "1", "--json", str(tmp_path / "t.json")]) == 0
+    summary = json.loads((tmp_path / "t.json").read_text())["tolerance"]["summary"]
+    assert summary["all"]["n"] == 8 and set(summary) == {"all", "union", *KINDS}
+    worse = [summary["all"][f"grown {v}"] for v in ("0.5", "1", "2", "3")]
+    assert worse == sorted(worse, reverse=True) and 0.3 < worse[-1] < worse[0] < 1
+    assert "±2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        eval_main([])
