@@ -119,7 +119,14 @@ def test_unavailable_hub_model_falls_back_to_the_demo_model(server):
     glb, *_, summary = client.predict(handle_file(pre), "zxhezexin/openlrm-mix-large-1.1", *SETTINGS[1:],
                                       api_name="/generate")  # offline and not cached
     assert "lrm-demo-shapes" in summary and "not available" in summary
-    assert len(trimesh.load(glb, force="mesh").vertices) > 100
+    fallback = trimesh.load(glb, force="mesh")
+    assert len(fallback.vertices) > 100
+    # the picture recentred at 0.85 for the requested model is recentred again at the demo model's 0.6: the same
+    # object as from a picture prepared at 0.6 for the demo model directly (not 0.85 / 0.6 = 1.4 x larger)
+    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.6, api_name="/preprocess")
+    glb, *_ = client.predict(handle_file(pre), "lrm-demo-shapes", *SETTINGS[1:], api_name="/generate")
+    direct = trimesh.load(glb, force="mesh")
+    assert fallback.extents == pytest.approx(direct.extents, rel=0.1)
 
 
 def test_concurrent_sessions_get_their_own_files(server):
