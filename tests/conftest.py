@@ -17,6 +17,12 @@ os.environ["LRM_REMBG_MODEL_PATH"] = str(FIXTURES / "rembg" / "red_segmenter.onn
 REFCHECK_MODELS = ("refcheck-tiny-1.1", "refcheck-tiny-eq-1.1", "refcheck-tiny-1.0", "refcheck-tiny-eq-1.0")
 
 
+def psnr(a, b) -> float:
+    """PSNR (dB) of images a, b in [0, 1] (tensors of the same shape)."""
+    import torch
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-12)))
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """The refcheck-tiny-1.1 fixture model (loaded once)."""

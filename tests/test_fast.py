@@ -12,7 +12,7 @@ from lrm.mesh import extract_mesh, grid_points
 from lrm.train.data import make_shape
 from lrm.train.fit import fit_planes
 
-from conftest import REFCHECK
+from conftest import REFCHECK, psnr
 
 TINY = REFCHECK / "refcheck-tiny-1.1" / "model"
 
@@ -26,10 +26,6 @@ def model():
 def fitted_planes():
     """A realistic field: planes fitted to a procedural object (empty space around a solid, coloured object)."""
     return fit_planes(model(), make_shape(5), steps=300, points=4096)
-
-
-def psnr(a, b):
-    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-12)))
 
 
 def test_cache_holds_the_exact_field_at_its_vertices_and_interpolates_between():

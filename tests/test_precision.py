@@ -11,11 +11,9 @@ from lrm.hub import DEMO_MODEL
 from lrm.mesh import density_grid
 from lrm.train.data import DataSpec, input_image, make_shape
 
+from conftest import psnr
+
 DEMO = DEMO_MODEL
-
-
-def psnr(a, b):
-    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-12)))
 
 
 @pytest.fixture(scope="module")
