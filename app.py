@@ -373,7 +373,8 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                                     allow_custom_value=True, elem_id="model", scale=2)
                 remove_bg = gr.Checkbox(defaults.remove_background, label="Remove background")
                 frame_size, mesh_size, foreground_ratio = settings_of(default)
-                foreground_ratio = defaults.foreground_ratio or foreground_ratio
+                if defaults.foreground_ratio is not None:
+                    foreground_ratio = defaults.foreground_ratio
                 ratio = gr.Slider(0.5, 1.0, foreground_ratio, step=0.05, label="Foreground ratio")
                 distance = gr.Slider(1.0, 3.5, defaults.source_distance, step=0.1, label="Source camera distance")
             with gr.Row():

@@ -136,16 +136,15 @@ def tolerance_table(per_kind: int = 4, unions: int = 12) -> dict:
         for v in TOLERANCES:
             row[f"grown {v:g}"], row[f"shrunk {v:g}"] = tolerance_iou(sdf, v)
         rows.append(row)
-    metrics = tuple(k for k in rows[0] if k not in ("seed", "kind"))
+    metrics = tuple(f"{side} {v:g}" for v in TOLERANCES for side in ("grown", "shrunk"))
     return {"summary": summarize(rows, metrics), "objects": rows}
 
 
 def format_tolerance(summary: dict) -> str:
-    names = [k for k in next(iter(summary.values())) if k != "n"]
     lines = ["IoU @ 64³ of the true objects against themselves grown / shrunk by a uniform surface error (voxels):",
-             f"{'objects':<12} {'n':>3} " + " ".join(f"{'±' + n.split()[1]:>11}" for n in names[::2])]
+             f"{'objects':<12} {'n':>3} " + " ".join(f"{f'±{v:g}':>11}" for v in TOLERANCES)]
     for group, m in summary.items():
-        cells = " ".join(f"{m[g]:>5.3f}/{m[s]:<5.3f}" for g, s in zip(names[::2], names[1::2]))
+        cells = " ".join(f"{m[f'grown {v:g}']:>5.3f}/{m[f'shrunk {v:g}']:<5.3f}" for v in TOLERANCES)
         lines.append(f"{group:<12} {m['n']:>3} {cells}")
     return "\n".join(lines)
 

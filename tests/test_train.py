@@ -12,6 +12,7 @@ import torch
 import lrm
 import lrm.train.shapes
 from lrm.lift import project
+from lrm.mesh import grid_coordinates
 from lrm.train.data import (FOREGROUND_RATIO, DataSpec, ShapeDataset, input_image, make_shape, placed_shape,
                             placement, placements_path, point_targets, ray_targets)
 from lrm.train.shapes import KINDS, Shape
@@ -27,8 +28,7 @@ def test_shapes_are_deterministic_and_framed():
         pts = torch.rand(2000, 3) * 2 - 1
         assert torch.equal(a.sdf(pts), b.sdf(pts)) and torch.equal(a.color(pts), b.color(pts))
         # inside the box, depth centred on the bounding box and at most 1.9
-        axis = torch.linspace(-1, 1, 64)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        grid = grid_coordinates(64, 0, 64 ** 3)
         inside = grid[a.sdf(grid) < 0]
         lo, hi = inside.min(0).values, inside.max(0).values
         assert (hi - lo)[1] < 1.95 and inside.abs().max() < 1.0 and abs(float(lo[1] + hi[1])) < 0.08
@@ -222,7 +222,6 @@ def test_density_calibration_keeps_the_surface():
 
 def test_tolerance_table_reads_iou_as_a_surface_error(tmp_path, capsys):
     from lrm.eval import GRID, main as eval_main, tolerance_iou
-    from lrm.mesh import grid_coordinates
     sdf = grid_coordinates(GRID, 0, GRID ** 3).norm(dim=-1) - 0.5  # a sphere of radius 0.5
     d = 2 / (GRID - 1)
     grown, shrunk = tolerance_iou(sdf, 1.0)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..camera import FOCAL, get_rays, look_at_origin, render_cameras, source_camera
 from ..lift import project
+from ..mesh import grid_coordinates
 
 KINDS = ("sphere", "box", "rounded_box", "cylinder", "cone", "torus", "capsule")
 LIGHT = F.normalize(torch.tensor([-0.45, -0.8, 0.6]), dim=0)  # from the front-left, above
@@ -24,12 +25,6 @@ AMBIENT, DIFFUSE = 0.45, 0.55
 EXTENT = 0.8  # objects stay inside [-EXTENT, EXTENT]^3
 SIDE = 1.5  # `Shape.normalized`: the longer side across the canonical view
 BOX = 0.95  # placed objects (`Shape.framed`) stay inside [-BOX, BOX] across the view
-
-
-def _grid_points(grid: int) -> Tensor:
-    """The grid x grid x grid lattice over [-1, 1]^3 -> points [grid^3, 3]."""
-    axis = torch.linspace(-1, 1, grid)
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
 
 
 def _length2(x: Tensor, y: Tensor) -> Tensor:
@@ -142,7 +137,7 @@ class Shape:
 
         A first, 3D-only placement; `framed` then matches it to the picture (the objects of the training protocol).
         """
-        q = _grid_points(grid)
+        q = grid_coordinates(grid, 0, grid ** 3)
         return self._normalized(q, self._raw_sdf(q), extent, max_depth, grid)
 
     def _normalized(self, q: Tensor, sdf: Tensor, extent: float, max_depth: float, grid: int) -> "Shape":
@@ -166,7 +161,7 @@ class Shape:
         So the canonical view of the placed object *is* the input image: the conditioning camera projects every point
         exactly where the image shows it (no hidden zoom or shift between the picture and the 3D frame).
         """
-        q = _grid_points(grid)
+        q = grid_coordinates(grid, 0, grid ** 3)
         sdf = self._raw_sdf(q)  # one evaluation serves the 3D placement and the projected extremes
         base = self._normalized(q, sdf, SIDE, max_depth, grid)
         cell = 2 / (grid - 1)
