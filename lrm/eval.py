@@ -7,6 +7,9 @@ Reported overall and per primitive type (single-primitive objects of each kind, 
 
 `--tolerance` prints how to read the IoU: the IoU that a uniform surface error of 0.5-3 voxels (the true object grown
 or shrunk by that much) scores on the same objects, with no model involved.
+
+`--errors` says where a model's 64³ occupancy errors lie relative to the input camera: outside the true silhouette,
+in front of the true visible surface, behind the true back (along each input pixel's ray), or missed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 import lrm
 
 from .camera import look_at_origin, render_cameras, source_camera
+from .lift import project
 from .mesh import density_grid, grid_coordinates
 from .train.data import HELD_OUT_SEED, DataSpec, input_image, make_shape
 from .train.shapes import KINDS
@@ -149,6 +153,65 @@ def format_tolerance(summary: dict) -> str:
     return "\n".join(lines)
 
 
+ERRORS = ("outside", "in_front", "behind", "between", "missed_front", "missed_back")
+ERROR_PIXELS = 48  # the pixel grid (input view) on which silhouette and per-ray depths are binned: coarser than the
+# 64³ voxels seen from the camera, so every pixel the object covers holds voxel centres
+
+
+def error_breakdown(pred: np.ndarray, true: np.ndarray, points: torch.Tensor, camera: torch.Tensor,
+                    pixels: int = ERROR_PIXELS) -> dict[str, float]:
+    """Where the occupancy pred [P] (bool) differs from true [P] at points [P, 3], as fractions of the true volume,
+    for the conditioning camera [1, 16]: extra voxels outside the true silhouette ("outside"), in front of the first /
+    behind the last true voxel of their pixel ("in_front" / "behind") or between them ("between", e.g. a hole seen
+    edge-on); missed voxels in the nearer / farther half of the object's depth ("missed_front" / "missed_back").
+    Silhouette and depths are binned on a pixels² grid. The extra parts add up to |pred - true| / |true|, the missed
+    ones to |true - pred| / |true|."""
+    uv = project(points[None], camera)[0].numpy()
+    pix = np.clip((uv * pixels).astype(np.int64), 0, pixels - 1)
+    pix = pix[:, 1] * pixels + pix[:, 0]
+    c2w = camera[0, :12].reshape(3, 4).numpy()
+    dist = np.linalg.norm(points.numpy() - c2w[:, 3], axis=1)  # from the camera centre
+    first, last = np.full(pixels * pixels, np.inf), np.full(pixels * pixels, -np.inf)
+    np.minimum.at(first, pix[true], dist[true])
+    np.maximum.at(last, pix[true], dist[true])
+    extra, missed = pred & ~true, ~pred & true
+    seen = np.isfinite(first[pix])
+    middle = (dist[true].min() + dist[true].max()) / 2 if true.any() else 0.0
+    volume = max(int(true.sum()), 1)
+    before, after = dist < first[pix], dist > last[pix]
+    counts = {"outside": extra & ~seen, "in_front": extra & seen & before, "behind": extra & seen & after,
+              "between": extra & seen & ~before & ~after, "missed_front": missed & (dist < middle),
+              "missed_back": missed & (dist >= middle)}
+    return {k: float(v.sum() / volume) for k, v in counts.items()}
+
+
+@torch.inference_mode()
+def error_table(model: lrm.LRM, per_kind: int = 4, unions: int = 12, spec: DataSpec | None = None) -> dict:
+    """`error_breakdown` of the model's occupancy (density > 3.0) on the held-out objects, per kind."""
+    spec = spec or DataSpec(image_size=model.infer_defaults.source_size)
+    points, camera = grid_coordinates(GRID, 0, GRID ** 3), source_camera(2.0)
+    rows = []
+    for seed, kind in held_out_objects(per_kind, unions):
+        shape = make_shape(seed, kind)
+        pred = density_grid(model, object_planes(model, shape, spec), GRID).float().cpu().numpy().reshape(-1)
+        true = shape.sdf(points).numpy() < 0
+        errors = error_breakdown(pred > THRESHOLD, true, points, camera)
+        rows.append({"seed": seed, "kind": kind or "union"} | errors)
+    return {"summary": summarize(rows, ERRORS), "objects": rows}
+
+
+def format_errors(summary: dict) -> str:
+    lines = ["Occupancy errors at 64³ as fractions of the true volume: extra voxels outside the input's silhouette, "
+             "in front of the visible surface, behind the back, in between (e.g. a hole); missed voxels in the "
+             "nearer / farther half:",
+             f"{'objects':<12} {'n':>3} {'outside':>8} {'in front':>9} {'behind':>7} {'between':>8} "
+             f"{'missed near/far':>16}"]
+    for group, m in summary.items():
+        lines.append(f"{group:<12} {m['n']:>3} {m['outside']:>8.3f} {m['in_front']:>9.3f} {m['behind']:>7.3f} "
+                     f"{m['between']:>8.3f} {m['missed_front']:>8.3f}/{m['missed_back']:<.3f}")
+    return "\n".join(lines)
+
+
 def format_table(summary: dict) -> str:
     lines = [f"{'objects':<12} {'n':>3} {'IoU@64':>7} {'Chamfer':>8} {'(voxels)':>9} {'PSNR dB':>8}"]
     for group, m in summary.items():
@@ -166,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help='"cpu" or "cuda"')
     p.add_argument("--tolerance", action="store_true",
                    help="also print the IoU that a uniform surface error of 0.5-3 voxels scores on the same objects")
+    p.add_argument("--errors", action="store_true",
+                   help="also print where each model's occupancy errors lie (silhouette, in front, behind, missed)")
     args = p.parse_args(argv)
     if not args.models and not args.tolerance:
         p.error("give at least one model to evaluate (or --tolerance)")
@@ -178,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         model = lrm.load_model(source, args.device)
         results[source] = evaluate(model, args.per_kind, args.unions) | training_progress(source)
         print(f"\n{source}\n{format_table(results[source]['summary'])}")
+        if args.errors:
+            results[source]["errors"] = error_table(model, args.per_kind, args.unions)
+            print(format_errors(results[source]["errors"]["summary"]))
     if len(results) > 1:  # several checkpoints, e.g. runs/demo/checkpoints/*: the curve against training time
         print(f"\n{'checkpoint':<40} {'step':>6} {'minutes':>8} {'IoU@64':>7} {'PSNR dB':>8}")
         for source, r in results.items():

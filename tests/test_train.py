@@ -235,3 +235,29 @@ def test_tolerance_table_reads_iou_as_a_surface_error(tmp_path, capsys):
     assert "±2" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         eval_main([])
+
+
+def test_error_breakdown_places_each_error_along_the_input_rays():
+    from lrm.eval import error_breakdown
+    points = grid_coordinates(40, 0, 40 ** 3)
+    x, y, z = points.unbind(-1)
+    true = (points.norm(dim=-1) < 0.5).numpy()  # a sphere; the input camera looks along +y from y = -2
+    camera = lrm.source_camera(2.0)
+    near_axis = (x ** 2 + z ** 2 < 0.2 ** 2).numpy()  # well inside the sphere's silhouette
+    cases = {
+        "in_front": true | (near_axis & (y < -0.6).numpy()),
+        "behind": true | (near_axis & (y > 0.6).numpy()),
+        "outside": true | ((x - 0.85).abs() < 0.1).numpy() & (z.abs() < 0.1).numpy() & (y.abs() < 0.1).numpy(),
+        "missed_front": true & (y > -0.2).numpy(),  # the nearer cap removed: all of it nearer than the middle
+    }
+    assert error_breakdown(true, true, points, camera) == dict.fromkeys(
+        ("outside", "in_front", "behind", "between", "missed_front", "missed_back"), 0.0)
+    for where, pred in cases.items():
+        errors = error_breakdown(pred, true, points, camera)
+        expected = float(((pred ^ true)).sum() / true.sum())
+        assert expected > 0.005 and errors[where] == pytest.approx(expected), (where, errors)
+        assert sum(errors.values()) == pytest.approx(expected), (where, errors)  # nowhere else
+    hollow = true & (points.norm(dim=-1) > 0.25).numpy()  # a cavity the input rays pass through: filled = between
+    errors = error_breakdown(true, hollow, points, camera)
+    assert errors["between"] == pytest.approx((true & ~hollow).sum() / hollow.sum()) and errors["between"] > 0.1
+    assert sum(errors.values()) == pytest.approx(errors["between"])
