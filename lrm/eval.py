@@ -68,19 +68,57 @@ def object_planes(model: lrm.LRM, shape, spec: DataSpec) -> torch.Tensor:
     return model.forward_planes(image.to(model.device), source_camera(2.0).to(model.device))
 
 
+ERRORS = ("outside", "in_front", "behind", "between", "missed_front", "missed_back")
+ERROR_PIXELS = 48  # the pixel grid (input view) on which silhouette and per-ray depths are binned: coarser than the
+# 64³ voxels seen from the camera, so every pixel the object covers holds voxel centres
+
+
+def error_breakdown(pred: np.ndarray, true: np.ndarray, points: torch.Tensor, camera: torch.Tensor,
+                    pixels: int = ERROR_PIXELS) -> dict[str, float]:
+    """Where the occupancy pred [P] (bool) differs from true [P] at points [P, 3], as fractions of the true volume,
+    for the conditioning camera [1, 16]: extra voxels outside the true silhouette ("outside"), in front of the first /
+    behind the last true voxel of their pixel ("in_front" / "behind") or between them ("between", e.g. a hole seen
+    edge-on); missed voxels in the nearer / farther half of the object's depth ("missed_front" / "missed_back").
+    Silhouette and depths are binned on a pixels² grid. The extra parts add up to |pred - true| / |true|, the missed
+    ones to |true - pred| / |true|."""
+    uv = project(points[None], camera)[0].numpy()
+    pix = np.clip((uv * pixels).astype(np.int64), 0, pixels - 1)
+    pix = pix[:, 1] * pixels + pix[:, 0]
+    c2w = camera[0, :12].reshape(3, 4).numpy()
+    dist = np.linalg.norm(points.numpy() - c2w[:, 3], axis=1)  # from the camera centre
+    first, last = np.full(pixels * pixels, np.inf), np.full(pixels * pixels, -np.inf)
+    np.minimum.at(first, pix[true], dist[true])
+    np.maximum.at(last, pix[true], dist[true])
+    extra, missed = pred & ~true, ~pred & true
+    seen = np.isfinite(first[pix])
+    middle = (dist[true].min() + dist[true].max()) / 2 if true.any() else 0.0
+    volume = max(int(true.sum()), 1)
+    before, after = dist < first[pix], dist > last[pix]
+    counts = {"outside": extra & ~seen, "in_front": extra & seen & before, "behind": extra & seen & after,
+              "between": extra & seen & ~before & ~after, "missed_front": missed & (dist < middle),
+              "missed_back": missed & (dist >= middle)}
+    return {k: float(v.sum() / volume) for k, v in counts.items()}
+
+
 @torch.inference_mode()
-def evaluate_object(model: lrm.LRM, seed: int, kind: str | None, spec: DataSpec, view_size: int = 64) -> dict:
+def evaluate_object(model: lrm.LRM, seed: int, kind: str | None, spec: DataSpec, view_size: int = 64,
+                    errors: bool = False) -> dict:
+    """IoU, Chamfer and PSNR of one held-out object; errors=True adds its `error_breakdown` (keys `ERRORS`)."""
     shape = make_shape(seed, kind)
     planes = object_planes(model, shape, spec)
     pred = density_grid(model, planes, GRID).float().cpu().numpy()
-    true_sdf = shape.sdf(grid_coordinates(GRID, 0, GRID ** 3)).reshape(GRID, GRID, GRID).numpy()
+    points = grid_coordinates(GRID, 0, GRID ** 3)
+    true_sdf = shape.sdf(points).reshape(GRID, GRID, GRID).numpy()
     occ_pred, occ_true = pred > THRESHOLD, true_sdf < 0
     union = (occ_pred | occ_true).sum()
     rng = np.random.default_rng(seed)
     cd = chamfer(_surface_points(pred, THRESHOLD, 5000, rng), _surface_points(-true_sdf, 0.0, 5000, rng))
-    return {"seed": seed, "kind": kind or "union", "iou": float((occ_pred & occ_true).sum() / max(union, 1)),
-            "chamfer": cd, "chamfer_voxels": cd / (2 / (GRID - 1)), "psnr": novel_view_psnr(model, planes, shape,
-                                                                                               view_size)}
+    row = {"seed": seed, "kind": kind or "union", "iou": float((occ_pred & occ_true).sum() / max(union, 1)),
+           "chamfer": cd, "chamfer_voxels": cd / (2 / (GRID - 1)), "psnr": novel_view_psnr(model, planes, shape,
+                                                                                              view_size)}
+    if errors:
+        row |= error_breakdown(occ_pred.reshape(-1), occ_true.reshape(-1), points, source_camera(2.0))
+    return row
 
 
 @torch.inference_mode()
@@ -111,11 +149,15 @@ def summarize(rows: list[dict], metrics: tuple[str, ...]) -> dict:
     return summary
 
 
-def evaluate(model: lrm.LRM, per_kind: int = 4, unions: int = 12, spec: DataSpec | None = None) -> dict:
-    """Held-out objects: `per_kind` single primitives of each kind and `unions` random unions."""
+def evaluate(model: lrm.LRM, per_kind: int = 4, unions: int = 12, spec: DataSpec | None = None,
+             errors: bool = False) -> dict:
+    """Held-out objects: `per_kind` single primitives of each kind and `unions` random unions; errors=True adds
+    where the occupancy errors lie (`error_breakdown`)."""
     spec = spec or DataSpec(image_size=model.infer_defaults.source_size)
-    rows = [evaluate_object(model, seed, kind, spec) for seed, kind in held_out_objects(per_kind, unions)]
-    return {"summary": summarize(rows, ("iou", "chamfer", "chamfer_voxels", "psnr")), "objects": rows}
+    rows = [evaluate_object(model, seed, kind, spec, errors=errors)
+            for seed, kind in held_out_objects(per_kind, unions)]
+    metrics = ("iou", "chamfer", "chamfer_voxels", "psnr") + (ERRORS if errors else ())
+    return {"summary": summarize(rows, metrics), "objects": rows}
 
 
 TOLERANCES = (0.5, 1.0, 2.0, 3.0)  # uniform surface errors, in 64³ voxels
@@ -151,53 +193,6 @@ def format_tolerance(summary: dict) -> str:
         cells = " ".join(f"{m[f'grown {v:g}']:>5.3f}/{m[f'shrunk {v:g}']:<5.3f}" for v in TOLERANCES)
         lines.append(f"{group:<12} {m['n']:>3} {cells}")
     return "\n".join(lines)
-
-
-ERRORS = ("outside", "in_front", "behind", "between", "missed_front", "missed_back")
-ERROR_PIXELS = 48  # the pixel grid (input view) on which silhouette and per-ray depths are binned: coarser than the
-# 64³ voxels seen from the camera, so every pixel the object covers holds voxel centres
-
-
-def error_breakdown(pred: np.ndarray, true: np.ndarray, points: torch.Tensor, camera: torch.Tensor,
-                    pixels: int = ERROR_PIXELS) -> dict[str, float]:
-    """Where the occupancy pred [P] (bool) differs from true [P] at points [P, 3], as fractions of the true volume,
-    for the conditioning camera [1, 16]: extra voxels outside the true silhouette ("outside"), in front of the first /
-    behind the last true voxel of their pixel ("in_front" / "behind") or between them ("between", e.g. a hole seen
-    edge-on); missed voxels in the nearer / farther half of the object's depth ("missed_front" / "missed_back").
-    Silhouette and depths are binned on a pixels² grid. The extra parts add up to |pred - true| / |true|, the missed
-    ones to |true - pred| / |true|."""
-    uv = project(points[None], camera)[0].numpy()
-    pix = np.clip((uv * pixels).astype(np.int64), 0, pixels - 1)
-    pix = pix[:, 1] * pixels + pix[:, 0]
-    c2w = camera[0, :12].reshape(3, 4).numpy()
-    dist = np.linalg.norm(points.numpy() - c2w[:, 3], axis=1)  # from the camera centre
-    first, last = np.full(pixels * pixels, np.inf), np.full(pixels * pixels, -np.inf)
-    np.minimum.at(first, pix[true], dist[true])
-    np.maximum.at(last, pix[true], dist[true])
-    extra, missed = pred & ~true, ~pred & true
-    seen = np.isfinite(first[pix])
-    middle = (dist[true].min() + dist[true].max()) / 2 if true.any() else 0.0
-    volume = max(int(true.sum()), 1)
-    before, after = dist < first[pix], dist > last[pix]
-    counts = {"outside": extra & ~seen, "in_front": extra & seen & before, "behind": extra & seen & after,
-              "between": extra & seen & ~before & ~after, "missed_front": missed & (dist < middle),
-              "missed_back": missed & (dist >= middle)}
-    return {k: float(v.sum() / volume) for k, v in counts.items()}
-
-
-@torch.inference_mode()
-def error_table(model: lrm.LRM, per_kind: int = 4, unions: int = 12, spec: DataSpec | None = None) -> dict:
-    """`error_breakdown` of the model's occupancy (density > 3.0) on the held-out objects, per kind."""
-    spec = spec or DataSpec(image_size=model.infer_defaults.source_size)
-    points, camera = grid_coordinates(GRID, 0, GRID ** 3), source_camera(2.0)
-    rows = []
-    for seed, kind in held_out_objects(per_kind, unions):
-        shape = make_shape(seed, kind)
-        pred = density_grid(model, object_planes(model, shape, spec), GRID).float().cpu().numpy().reshape(-1)
-        true = shape.sdf(points).numpy() < 0
-        errors = error_breakdown(pred > THRESHOLD, true, points, camera)
-        rows.append({"seed": seed, "kind": kind or "union"} | errors)
-    return {"summary": summarize(rows, ERRORS), "objects": rows}
 
 
 def format_errors(summary: dict) -> str:
@@ -241,11 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_tolerance(tolerance["summary"]))
     for source in args.models:
         model = lrm.load_model(source, args.device)
-        results[source] = evaluate(model, args.per_kind, args.unions) | training_progress(source)
+        results[source] = evaluate(model, args.per_kind, args.unions, errors=args.errors) | training_progress(source)
         print(f"\n{source}\n{format_table(results[source]['summary'])}")
         if args.errors:
-            results[source]["errors"] = error_table(model, args.per_kind, args.unions)
-            print(format_errors(results[source]["errors"]["summary"]))
+            print(format_errors(results[source]["summary"]))
     if len(results) > 1:  # several checkpoints, e.g. runs/demo/checkpoints/*: the curve against training time
         print(f"\n{'checkpoint':<40} {'step':>6} {'minutes':>8} {'IoU@64':>7} {'PSNR dB':>8}")
         for source, r in results.items():
