@@ -217,12 +217,12 @@ class Shape:
         shade = AMBIENT + DIFFUSE * (self.normal(p) @ LIGHT).clamp_min(0)
         return (albedo * shade.unsqueeze(-1)).clamp(0, 1)
 
-    def trace(self, origins: Tensor, dirs: Tensor, steps: int = 64) -> tuple[Tensor, Tensor]:
-        """Sphere tracing of rays [R, 3] -> colour on white [R, 3], hit mask [R]. Rays start at the [-1, 1]^3 box."""
-        from ..renderer import ray_box_limits
-        near, far = ray_box_limits(origins, dirs)
-        t, far = near[:, 0].clamp_min(0), far[:, 0]
-        active = torch.nonzero(far > t).squeeze(1)  # only rays through the box, and only until they converge
+    def march(self, origins: Tensor, dirs: Tensor, start: Tensor, stop: Tensor,
+              steps: int = 64) -> tuple[Tensor, Tensor]:
+        """Sphere tracing of rays [R, 3] from distance `start` [R] until `stop` [R] -> distance of the first surface
+        [R] (where the march ended if none), hit mask [R]."""
+        t = start.clone()
+        active = torch.nonzero(stop > t).squeeze(1)  # only rays with room to march, and only until they converge
         hit = torch.zeros(origins.shape[0], dtype=torch.bool)
         for _ in range(steps):
             if len(active) == 0:
@@ -231,7 +231,14 @@ class Shape:
             t[active] += dist.clamp_min(0) * 0.95
             done = dist < 1e-3
             hit[active[done]] = True
-            active = active[~done & (t[active] < far[active])]
+            active = active[~done & (t[active] < stop[active])]
+        return t, hit
+
+    def trace(self, origins: Tensor, dirs: Tensor, steps: int = 64) -> tuple[Tensor, Tensor]:
+        """Sphere tracing of rays [R, 3] -> colour on white [R, 3], hit mask [R]. Rays start at the [-1, 1]^3 box."""
+        from ..renderer import ray_box_limits
+        near, far = ray_box_limits(origins, dirs)
+        t, hit = self.march(origins, dirs, near[:, 0].clamp_min(0), far[:, 0], steps)
         rgb = torch.ones_like(origins)
         if hit.any():
             rgb[hit] = self.color(origins[hit] + t[hit, None] * dirs[hit])
