@@ -67,8 +67,9 @@ def normal_view(shape: Shape, size: int) -> np.ndarray:
     return (rgb.view(size, size, 3).numpy() * 255).round().astype(np.uint8)
 
 
-def probe_input(shape: Shape, kind: str, spec: DataSpec) -> np.ndarray:
-    return input_image(shape, spec) if kind == "views" else normal_view(shape, spec.image_size)
+def probe_input(shape: Shape, inputs: str, spec: DataSpec) -> np.ndarray:
+    """What the probe sees of `shape`: its input view (`inputs` "views") or its normal map ("normals")."""
+    return input_image(shape, spec) if inputs == "views" else normal_view(shape, spec.image_size)
 
 
 def fill(layers: np.ndarray, points: Tensor, camera: Tensor) -> np.ndarray:
@@ -147,7 +148,7 @@ def _cached(path: Path, worker, jobs: list, workers: int, desc: str) -> np.ndarr
 
 
 @torch.inference_mode()
-def evaluate_probe(model: DepthProbe, kind: str = "views", per_kind: int = 6, unions: int = 20,
+def evaluate_probe(model: DepthProbe, inputs: str = "views", per_kind: int = 6, unions: int = 20,
                    spec: DataSpec | None = None) -> dict:
     """IoU @ 64³ of the probe's filled rays and its depth L1 on `lrm.eval`'s held-out objects."""
     spec = spec or DataSpec()
@@ -156,7 +157,7 @@ def evaluate_probe(model: DepthProbe, kind: str = "views", per_kind: int = 6, un
     rows = []
     for seed, prim in held_out_objects(per_kind, unions):
         shape = make_shape(seed, prim)
-        image = torch.from_numpy(probe_input(shape, kind, spec)).permute(2, 0, 1)[None].float() / 255
+        image = torch.from_numpy(probe_input(shape, inputs, spec)).permute(2, 0, 1)[None].float() / 255
         pred = model(image)
         target = depth_layers(shape, pred.shape[-1])[None]
         layers = torch.cat([pred[:, :1].sigmoid(), pred[:, 1:]], 1)[0].numpy()
@@ -166,16 +167,16 @@ def evaluate_probe(model: DepthProbe, kind: str = "views", per_kind: int = 6, un
     return {"summary": summarize(rows, ("iou", "depth_l1")), "objects": rows}
 
 
-def train_probe(out: Path, kind: str = "views", objects: int = 4000, steps: int = 2400, batch: int = 16,
+def train_probe(out: Path, inputs: str = "views", objects: int = 4000, steps: int = 2400, batch: int = 16,
                 lr: float = 2e-3, seed: int = 0, workers: int = 2) -> DepthProbe:
-    """Trains a `DepthProbe` on the training objects' `kind` inputs (seeds 0 .. objects - 1, the LRM's input-view
-    cache) for `steps` steps (AdamW, 100 warm-up steps, cosine); arrays are cached in `out`."""
+    """Trains a `DepthProbe` for `steps` steps (AdamW, 100 warm-up steps, cosine) on what `inputs` (one of `INPUTS`)
+    shows of the training objects (seeds 0 .. objects - 1, the LRM's input-view cache); arrays are cached in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = DataSpec()
     seeds = list(range(objects))
     views, places = build_image_cache(seeds, spec, out / f"views-{objects}-{spec.image_size}.npy", workers)
-    if kind == "normals":
+    if inputs == "normals":
         views = _cached(out / f"normals-{objects}-{spec.image_size}.npy", _normals_worker,
                         [(s, places[s], spec.image_size) for s in seeds], workers, "normal maps")
     targets = torch.from_numpy(_cached(out / f"layers-{objects}-{LAYER_SIZE}.npy", _layers_worker,
@@ -187,8 +188,8 @@ def train_probe(out: Path, kind: str = "views", objects: int = 4000, steps: int 
         optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
     rng = np.random.default_rng(seed)
     from tqdm.auto import tqdm
-    bar = tqdm(range(steps), desc=f"probe ({kind})", dynamic_ncols=True)
-    log = open(out / f"probe_log-{kind}.jsonl", "w")
+    bar = tqdm(range(steps), desc=f"probe ({inputs})", dynamic_ncols=True)
+    log = open(out / f"probe_log-{inputs}.jsonl", "w")
     started = time.perf_counter()
     for step in bar:
         pick = np.sort(rng.choice(objects, batch, replace=False))
@@ -205,7 +206,7 @@ def train_probe(out: Path, kind: str = "views", objects: int = 4000, steps: int 
             log.write(json.dumps(row) + "\n")
             bar.set_postfix(bce=f"{row['bce']:.3f}", l1=f"{row['l1']:.4f}")
     log.close()
-    torch.save(model.state_dict(), out / f"probe-{kind}.pt")
+    torch.save(model.state_dict(), out / f"probe-{inputs}.pt")
     return model
 
 
