@@ -261,3 +261,26 @@ def test_error_breakdown_places_each_error_along_the_input_rays():
     errors = error_breakdown(true, hollow, points, camera)
     assert errors["between"] == pytest.approx((true & ~hollow).sum() / hollow.sum()) and errors["between"] > 0.1
     assert sum(errors.values()) == pytest.approx(errors["between"])
+
+
+def test_image_cache_is_reused_only_when_the_current_code_made_it(tmp_path):
+    from lrm.train.data import build_image_cache
+    spec, seeds, path = DataSpec(image_size=32), [0, 1, 2], tmp_path / "views-3-32.npy"
+    images, places = build_image_cache(seeds, spec, path)
+    images = np.array(images)
+    assert np.array_equal(images[1], input_image(make_shape(1), spec))
+    stamp = path.stat().st_mtime_ns
+    again, _ = build_image_cache(seeds, spec, path)  # current: read back, not rebuilt
+    assert path.stat().st_mtime_ns == stamp and np.array_equal(again, images)
+    stale = images.copy()
+    stale[0] = 255 - stale[0]  # as if an older protocol (other shading) had rendered it
+    np.save(path, stale)
+    rebuilt, rebuilt_places = build_image_cache(seeds, spec, path)
+    assert np.array_equal(rebuilt, images) and np.array_equal(rebuilt_places, places)
+    moved = places.copy()
+    moved[2, 0] *= 1.01  # a stale placement is caught too
+    np.save(placements_path(path), moved)
+    _, fixed = build_image_cache(seeds, spec, path)
+    assert np.array_equal(fixed, places)
+    other, _ = build_image_cache([0, 1, 5], spec, path)  # other seeds, same count: rebuilt for them
+    assert np.array_equal(other[2], input_image(make_shape(5), spec))

@@ -74,14 +74,29 @@ def placements_path(images_path: Path) -> Path:
     return Path(images_path).with_suffix(".placement.npy")
 
 
+CACHE_CHECKS = 4  # objects made again to check that arrays found on disk come from the current code
+
+
+def cache_is_current(arrays: tuple[np.ndarray, ...], make, jobs: list) -> bool:
+    """Whether the arrays [N, ...] hold what `make(job)` returns (one entry per array) for each of the N `jobs`: their
+    lengths match and the first `CACHE_CHECKS` jobs are made again and compared exactly. A changed protocol (shading,
+    colours, framing) makes every object differently, so a stale cache is rebuilt instead of silently reused."""
+    if any(len(array) != len(jobs) for array in arrays):
+        return False
+    return all(all(np.array_equal(new, array[i]) for new, array in zip(make(job), arrays))
+               for i, job in enumerate(jobs[:CACHE_CHECKS]))
+
+
 def build_image_cache(seeds: list[int], spec: DataSpec, path: Path,
                       workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Input views of all seeds [N, S, S, 3] and the objects' placements [N, 4] (`placement`), computed once (in
-    `workers` processes) and kept in .npy files (`path` and `placements_path(path)`)."""
+    `workers` processes) and kept in .npy files (`path` and `placements_path(path)`); rebuilt when the files on disk
+    do not hold what the current code makes for these seeds (`cache_is_current`: the count and the first objects)."""
     path = Path(path)
     if path.exists() and placements_path(path).exists():
         cached, places = np.load(path, mmap_mode="r"), np.load(placements_path(path))
-        if cached.shape == (len(seeds), spec.image_size, spec.image_size, 3) and places.shape == (len(seeds), 4):
+        if (cached.shape[1:] == (spec.image_size, spec.image_size, 3) and places.shape[1:] == (4,)
+                and cache_is_current((cached, places), _cache_worker, [(s, spec) for s in seeds])):
             return cached, places
     from multiprocessing import get_context
 

@@ -27,7 +27,7 @@ from ..eval import GRID, held_out_objects, summarize
 from ..lift import project
 from ..mesh import grid_coordinates
 from ..renderer import ray_box_limits
-from .data import DataSpec, build_image_cache, input_image, make_shape, placed_shape
+from .data import DataSpec, build_image_cache, cache_is_current, input_image, make_shape, placed_shape
 from .shapes import Shape, source_view_camera
 
 LAYER_SIZE = 64  # pixels per side of the depth layers (the probe's output)
@@ -135,9 +135,9 @@ def _normals_worker(args) -> np.ndarray:
 
 def _cached(path: Path, worker, jobs: list, workers: int, desc: str) -> np.ndarray:
     if path.exists():
-        array = np.load(path)
-        if len(array) == len(jobs):
-            return array
+        array = np.load(path, mmap_mode="r")
+        if cache_is_current((array,), lambda job: (worker(job),), jobs):
+            return np.asarray(array)
     from multiprocessing import get_context
 
     from tqdm.auto import tqdm
