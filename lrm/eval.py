@@ -73,6 +73,16 @@ ERROR_PIXELS = 48  # the pixel grid (input view) on which silhouette and per-ray
 # 64³ voxels seen from the camera, so every pixel the object covers holds voxel centres
 
 
+def ray_bins(points: torch.Tensor, camera: torch.Tensor, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """For points [P, 3] and the conditioning camera [1, 16]: the flat index (row * pixels + column) of the pixel of a
+    pixels² grid over the view that each point projects into (clamped to the frame), and its distance from the camera
+    centre [P]."""
+    uv = project(points[None], camera)[0].numpy()
+    pix = np.clip((uv * pixels).astype(np.int64), 0, pixels - 1)
+    c2w = camera[0, :12].reshape(3, 4).numpy()
+    return pix[:, 1] * pixels + pix[:, 0], np.linalg.norm(points.numpy() - c2w[:, 3], axis=1)
+
+
 def error_breakdown(pred: np.ndarray, true: np.ndarray, points: torch.Tensor, camera: torch.Tensor,
                     pixels: int = ERROR_PIXELS) -> dict[str, float]:
     """Where the occupancy pred [P] (bool) differs from true [P] at points [P, 3], as fractions of the true volume,
@@ -81,11 +91,7 @@ def error_breakdown(pred: np.ndarray, true: np.ndarray, points: torch.Tensor, ca
     edge-on); missed voxels in the nearer / farther half of the object's depth ("missed_front" / "missed_back").
     Silhouette and depths are binned on a pixels² grid. The extra parts add up to |pred - true| / |true|, the missed
     ones to |true - pred| / |true|."""
-    uv = project(points[None], camera)[0].numpy()
-    pix = np.clip((uv * pixels).astype(np.int64), 0, pixels - 1)
-    pix = pix[:, 1] * pixels + pix[:, 0]
-    c2w = camera[0, :12].reshape(3, 4).numpy()
-    dist = np.linalg.norm(points.numpy() - c2w[:, 3], axis=1)  # from the camera centre
+    pix, dist = ray_bins(points, camera, pixels)
     first, last = np.full(pixels * pixels, np.inf), np.full(pixels * pixels, -np.inf)
     np.minimum.at(first, pix[true], dist[true])
     np.maximum.at(last, pix[true], dist[true])

@@ -87,6 +87,15 @@ def cache_is_current(arrays: tuple[np.ndarray, ...], make, jobs: list) -> bool:
                for i, job in enumerate(jobs[:CACHE_CHECKS]))
 
 
+def parallel_map(worker, jobs: list, workers: int, desc: str, chunksize: int = 8) -> list:
+    """[worker(job) for job in jobs] in `workers` spawned one-thread processes, with a progress bar."""
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+    with get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return list(tqdm(pool.imap(worker, jobs, chunksize=chunksize), total=len(jobs), desc=desc))
+
+
 def build_image_cache(seeds: list[int], spec: DataSpec, path: Path,
                       workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Input views of all seeds [N, S, S, 3] and the objects' placements [N, 4] (`placement`), computed once (in
@@ -98,18 +107,13 @@ def build_image_cache(seeds: list[int], spec: DataSpec, path: Path,
         if (cached.shape[1:] == (spec.image_size, spec.image_size, 3) and places.shape[1:] == (4,)
                 and cache_is_current((cached, places), _cache_worker, [(s, spec) for s in seeds])):
             return cached, places
-    from multiprocessing import get_context
-
-    from tqdm.auto import tqdm
-    jobs = [(s, spec) for s in seeds]
-    with get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        results = list(tqdm(pool.imap(_cache_worker, jobs, chunksize=8), total=len(jobs), desc="input views"))
+    results = parallel_map(_cache_worker, [(s, spec) for s in seeds], workers, "input views")
     array = np.stack([image for image, _ in results])
     path.parent.mkdir(parents=True, exist_ok=True)
     places = np.stack([place for _, place in results])
     np.save(path, array)
     np.save(placements_path(path), places)
-    return array, places
+    return np.load(path, mmap_mode="r"), places  # mapped, as when read back: not held in memory
 
 
 def random_view_camera(rng: np.random.Generator, distance: float = 2.0) -> Tensor:

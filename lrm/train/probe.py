@@ -23,29 +23,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..camera import get_rays, source_camera
-from ..eval import GRID, held_out_objects, summarize
-from ..lift import project
+from ..eval import GRID, held_out_objects, ray_bins, summarize
 from ..mesh import grid_coordinates
 from ..renderer import ray_box_limits
-from .data import DataSpec, build_image_cache, cache_is_current, input_image, make_shape, placed_shape
+from .data import (DataSpec, build_image_cache, cache_is_current, input_image, make_shape, parallel_map,
+                   placed_shape)
 from .shapes import Shape, source_view_camera
 
 LAYER_SIZE = 64  # pixels per side of the depth layers (the probe's output)
 INPUTS = ("views", "normals")
 
 
-def _source_rays(size: int) -> tuple[Tensor, Tensor]:
+def _source_rays(size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The canonical input view's pixel rays: origins, dirs [R, 3] and where they enter / leave the [-1, 1]^3 box
+    [R] (entry clamped at the camera)."""
     _, camera = source_view_camera(2.0)
     origins, dirs = get_rays(camera[None], size)
-    return origins[0], dirs[0]
+    near, far = ray_box_limits(origins[0], dirs[0])
+    return origins[0], dirs[0], near[:, 0].clamp_min(0), far[:, 0]
 
 
 def depth_layers(shape: Shape, size: int = LAYER_SIZE) -> Tensor:
     """The canonical input view's depth layers [3, size, size]: hit (0 / 1), and the distance from the camera where
     each pixel's ray first enters and last leaves the object, minus 2 (the origin's distance; 0 where missed)."""
-    origins, dirs = _source_rays(size)
-    near, far = ray_box_limits(origins, dirs)
-    near, far = near[:, 0].clamp_min(0), far[:, 0]
+    origins, dirs, near, far = _source_rays(size)
     entry, hit = shape.march(origins, dirs, near, far, steps=96)
     back, _ = shape.march(origins + far[:, None] * dirs, -dirs, torch.zeros_like(far), far - near, steps=96)
     exit_ = torch.maximum(far - back, entry)  # a ray that only grazes the object may miss it on the way back
@@ -57,9 +58,8 @@ def depth_layers(shape: Shape, size: int = LAYER_SIZE) -> Tensor:
 def normal_view(shape: Shape, size: int) -> np.ndarray:
     """The canonical view's normal map as uint8 RGB [S, S, 3] over white: camera right, up and towards the camera
     (world x, z, -y) mapped from [-1, 1] to [0, 1]."""
-    origins, dirs = _source_rays(size)
-    near, far = ray_box_limits(origins, dirs)
-    t, hit = shape.march(origins, dirs, near[:, 0].clamp_min(0), far[:, 0], steps=96)
+    origins, dirs, near, far = _source_rays(size)
+    t, hit = shape.march(origins, dirs, near, far, steps=96)
     rgb = torch.ones(size * size, 3)
     if hit.any():
         n = shape.normal(origins[hit] + t[hit, None] * dirs[hit])
@@ -75,12 +75,9 @@ def probe_input(shape: Shape, inputs: str, spec: DataSpec) -> np.ndarray:
 def fill(layers: np.ndarray, points: Tensor, camera: Tensor) -> np.ndarray:
     """Occupancy [P] (bool) of points [P, 3]: inside where their pixel's ray (conditioning camera [1, 16]) hits
     (layers[0] > 0.5) and they lie between its entry and exit (layers[1], layers[2], distances minus 2)."""
-    size = layers.shape[-1]
-    uv = project(points[None], camera)[0].numpy()
-    pix = np.clip((uv * size).astype(np.int64), 0, size - 1)
-    hit, entry, exit_ = (layers[c][pix[:, 1], pix[:, 0]] for c in range(3))
-    dist = np.linalg.norm(points.numpy() - camera[0, :12].reshape(3, 4)[:, 3].numpy(), axis=1) - 2
-    return (hit > 0.5) & (dist >= entry) & (dist <= exit_)
+    pix, dist = ray_bins(points, camera, layers.shape[-1])
+    hit, entry, exit_ = (layer.reshape(-1)[pix] for layer in layers)
+    return (hit > 0.5) & (dist - 2 >= entry) & (dist - 2 <= exit_)
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -138,11 +135,7 @@ def _cached(path: Path, worker, jobs: list, workers: int, desc: str) -> np.ndarr
         array = np.load(path, mmap_mode="r")
         if cache_is_current((array,), lambda job: (worker(job),), jobs):
             return np.asarray(array)
-    from multiprocessing import get_context
-
-    from tqdm.auto import tqdm
-    with get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        array = np.stack(list(tqdm(pool.imap(worker, jobs, chunksize=16), total=len(jobs), desc=desc)))
+    array = np.stack(parallel_map(worker, jobs, workers, desc, chunksize=16))
     np.save(path, array)
     return array
 

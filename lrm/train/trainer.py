@@ -206,10 +206,11 @@ def train(cfg: TrainConfig) -> Path:
     seeds = list(range(cfg.objects))
     cache = out / f"views-{cfg.objects}-{spec.image_size}.npy"  # ("inputs-*": the earlier, recentred protocol)
     if rank == 0:
-        build_image_cache(seeds, spec, cache, workers=max(2, min(16, os.cpu_count() or 2)))
+        images, placements = build_image_cache(seeds, spec, cache, workers=max(2, min(16, os.cpu_count() or 2)))
     if world > 1:
         dist.barrier()
-    images, placements = build_image_cache(seeds, spec, cache)
+    if rank != 0:  # the other processes read what rank 0 wrote
+        images, placements = build_image_cache(seeds, spec, cache)
     dataset = ShapeDataset(seeds, images, spec, seed=cfg.seed + 1000 * rank, placements=placements)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=cfg.batch, sampler=sampler, num_workers=cfg.workers, drop_last=True,
