@@ -44,12 +44,10 @@ SHAPE_SEED = 2002  # the same object as that example
 
 
 def build_model(arch: str, device: str):
-    from lrm.config import LRMConfig, infer_defaults_for
-    from lrm.model import LRM
+    from lrm import LRM, LRMConfig
     torch.manual_seed(0)
-    config = LRMConfig.from_dict(ARCHS[arch])
     with torch.device("meta"):
-        model = LRM(config, infer_defaults_for(config))
+        model = LRM(LRMConfig.from_dict(ARCHS[arch]))
     model = model.to_empty(device=device)
     with torch.no_grad():  # random weights, scaled like a trained ViT's (N(0, 0.02)); LayerNorms at 1 / 0
         for name, p in model.named_parameters():
@@ -79,8 +77,7 @@ def run_mode(arch: str, mode: str, device: str, planes_path: str, out_path: str,
     from PIL import Image
 
     import lrm
-    from lrm.fast import FastField
-    from lrm.mesh import extract_mesh
+    from lrm.pipeline import FIELDS
     from lrm.video import video_cameras
     model = build_model(arch, device)
     size = model.infer_defaults.render_size
@@ -100,8 +97,8 @@ def run_mode(arch: str, mode: str, device: str, planes_path: str, out_path: str,
     planes = torch.load(planes_path, weights_only=True).to(device)  # the fitted, realistic field
     sync(device)
     t = time.perf_counter()
-    fast = FastField(model, planes) if mode == "fast" else None
-    mesh = extract_mesh(model, planes, mesh_res, 3.0, mode=mode, fast=fast)
+    field = FIELDS[mode](model, planes)
+    mesh = lrm.extract_mesh(field, mesh_res, 3.0)
     sync(device)
     timings["mesh"] = time.perf_counter() - t
     cameras = video_cameras(views).to(device)
@@ -111,7 +108,7 @@ def run_mode(arch: str, mode: str, device: str, planes_path: str, out_path: str,
     rgb = []
     for start in range(0, len(frames), 4):
         idx = frames[start:start + 4]
-        rgb.append(model.render_views(planes, cameras[idx], size, mode=mode, fast=fast)["rgb"])
+        rgb.append(field.render(cameras[idx], size)["rgb"])
         if mode == "fast":  # the video writer's conversion, as in the real job
             lrm.video.to_uint8(rgb[-1])
     sync(device)
@@ -153,6 +150,7 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
     planes = fit_planes(model, make_shape(SHAPE_SEED), steps=args.fit_steps, points=8192)
     print(f"[{arch}] fitted planes to a procedural object in {time.perf_counter() - t:.0f} s", flush=True)
     torch.save(planes, planes_path)
+    render_size = model.infer_defaults.render_size
     del model
     ref_frames = np.linspace(0, args.views - 1, args.ref_frames).round().astype(int).tolist()
     results = {}
@@ -190,7 +188,7 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
                      "gpu_peak_gb": fast["gpu_peak_gb"] if args.device == "cuda" else None},
         "stages": stages,
         "planes_relative_error": fast["planes_error"],  # of the fast mode's planes against fp32 (0 in fp32)
-        "settings": {"mesh_resolution": args.mesh, "views": args.views, "render_size": None,
+        "settings": {"mesh_resolution": args.mesh, "views": args.views, "render_size": render_size,
                      "precision": args.precision,
                      "reference_frames": ref_frames, "fit_steps": args.fit_steps},
         "mesh_vertices": {"fast": len(fast["mesh"][0]), "reference": len(ref["mesh"][0])},
@@ -217,7 +215,7 @@ def table(name: str, r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lrm.model import AUTOCAST
+    from lrm.model import PRECISIONS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small architecture, fewer fitting steps and reference "
                    "frames: a few minutes on 2 CPU cores")
@@ -229,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=100, help="video frames [100]")
     p.add_argument("--ref-frames", type=int, default=None, help="reference frames actually rendered [12; quick 3]")
     p.add_argument("--fit-steps", type=int, default=None, help="plane fitting steps [600; quick 300]")
-    p.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="autocast for the fast mode's planes stage (the reference stays fp32) [fp32]")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
@@ -245,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.arch.split(","):
             r = bench_arch(arch.strip(), args, Path(tmp))
-            r["settings"]["render_size"] = {"small": 192, "base": 288}[arch.strip()]
             results["architectures"][arch.strip()] = r
             print(table(arch.strip(), r), flush=True)
     first = next(iter(results["architectures"].values()))

@@ -1,27 +1,36 @@
 """openlrm-demo: a small, faithful, fast re-implementation of OpenLRM (single image -> 3D) for inference.
 
-Shape letters used throughout: N batch, M views, L tokens, D/C channels, H/W spatial, S image size, P points, R rays.
+Shape letters used throughout, in square brackets: N batch, M views, L tokens, D/C channels, H/W height and width
+(of an image, a plane or a frame), P points, R rays, S samples per ray, G grid vertices per side, V vertices.
 
     import lrm
     model = lrm.load_model("zxhezexin/openlrm-mix-base-1.1")
     image = lrm.image_to_tensor(pil_image, model.infer_defaults.source_size)
     planes = model.forward_planes(image, lrm.source_camera())          # [1, 3, C, 64, 64]
-    frames = model.render(planes, lrm.orbit_cameras(8)[None], 192)    # {"rgb": [1, 8, 3, 192, 192], ...}
+    field = lrm.FastField(model, planes)                                # or lrm.ReferenceField: OpenLRM's algorithms
+    mesh = lrm.extract_mesh(field, 384)                                 # trimesh.Trimesh, z up
+    frames = field.render(lrm.orbit_cameras(8), 192)                    # {"rgb": [8, 3, 192, 192], ...}
 """
 
 from .camera import get_rays, orbit_cameras, source_camera
 from .config import InferDefaults, LRMConfig
-from .hub import (DEMO_MODEL, RELEASED_MODELS, CheckpointError, ModelUnavailableError, convert_state_dict,
-                  export_state_dict, load_model, load_model_or_demo, read_checkpoint, save_pretrained)
-from .mesh import export_mesh, extract_mesh
-from .model import LRM
-from .pipeline import Reconstruction, reconstruct
+from .fast import FastField
+from .field import Field, ReferenceField
+from .hub import (DEFAULT_MODEL, DEMO_MODEL, RELEASED_MODELS, CheckpointError, ModelUnavailableError,
+                  convert_state_dict, export_state_dict, is_available, load_model, load_model_or_demo,
+                  model_defaults, read_checkpoint, save_pretrained)
+from .mesh import MESH_FORMATS, export_mesh, extract_mesh
+from .model import LRM, PRECISIONS, Precision
+from .pipeline import MODES, STAGES, JobOptions, Mode, Reconstruction, reconstruct, reconstruct_steps
 from .preprocess import ImageError, image_to_tensor, preprocess
 from .video import render_video
 
 __all__ = [
     "LRM", "LRMConfig", "InferDefaults", "CheckpointError", "ModelUnavailableError", "RELEASED_MODELS", "DEMO_MODEL",
-    "load_model", "load_model_or_demo", "read_checkpoint", "save_pretrained", "convert_state_dict", "export_state_dict",
-    "image_to_tensor", "source_camera", "orbit_cameras", "get_rays",
-    "preprocess", "ImageError", "extract_mesh", "export_mesh", "render_video", "reconstruct", "Reconstruction",
+    "DEFAULT_MODEL", "load_model", "load_model_or_demo", "is_available", "model_defaults", "read_checkpoint",
+    "save_pretrained", "convert_state_dict", "export_state_dict",
+    "image_to_tensor", "source_camera", "orbit_cameras", "get_rays", "preprocess", "ImageError",
+    "Field", "FastField", "ReferenceField", "extract_mesh", "export_mesh", "MESH_FORMATS", "render_video",
+    "JobOptions", "Mode", "MODES", "Precision", "PRECISIONS", "STAGES", "reconstruct", "reconstruct_steps",
+    "Reconstruction",
 ]

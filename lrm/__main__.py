@@ -7,10 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from .model import AUTOCAST
+from .hub import DEFAULT_MODEL
+from .mesh import MESH_FORMATS
+from .model import PRECISIONS
+from .pipeline import MODES, STAGES, JobOptions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"}
-DEFAULT_MODEL = "zxhezexin/openlrm-mix-base-1.1"
+JOB = JobOptions()  # the defaults
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,26 +23,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face repo id or local checkpoint (folder or file)"
                    f" [default: {DEFAULT_MODEL}]")
     p.add_argument("--out", default="outputs", help="output folder [default: outputs]")
-    p.add_argument("--formats", default="glb,obj,ply", help="mesh formats, comma separated [default: glb,obj,ply]")
-    p.add_argument("--mesh-resolution", type=int, default=None,
-                   help="marching-cubes grid size, 0 = no mesh [default: the model's, 384]")
-    p.add_argument("--threshold", type=float, default=None, help="density level of the surface [default: 3.0]")
-    p.add_argument("--video", action=argparse.BooleanOptionalAction, default=True, help="write the orbit video")
-    p.add_argument("--views", type=int, default=100, help="frames in the orbit video [default: 100]")
-    p.add_argument("--fps", type=int, default=25, help="video frame rate [default: 25]")
-    p.add_argument("--video-size", type=int, default=None, help="video frame size [default: the model's]")
+    p.add_argument("--formats", default=",".join(JOB.formats),
+                   help=f"mesh formats, comma separated (any of {', '.join(MESH_FORMATS)}) [default: %(default)s]")
+    p.add_argument("--mesh-resolution", type=int, default=JOB.mesh_resolution,
+                   help="marching-cubes grid size, 0 = no mesh [default: the model's; 384 for the released models]")
+    p.add_argument("--threshold", type=float, default=JOB.threshold,
+                   help="density level of the surface [default: the model's, 3.0]")
+    p.add_argument("--video", action=argparse.BooleanOptionalAction, default=JOB.video, help="write the orbit video")
+    p.add_argument("--views", type=int, default=JOB.n_views, help="frames in the orbit video [default: %(default)s]")
+    p.add_argument("--fps", type=int, default=JOB.fps, help="video frame rate [default: %(default)s]")
+    p.add_argument("--video-size", type=int, default=JOB.video_size,
+                   help="video frame size [default: the model's render size]")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="[default: cpu]")
     p.add_argument("--no-rembg", action="store_true", help="do not remove the background (alpha is still used)")
-    p.add_argument("--foreground-ratio", type=float, default=None,
+    p.add_argument("--foreground-ratio", type=float, default=JOB.foreground_ratio,
                    help="object size relative to the image side after recentring [default: the model's; 0.85 for "
                    "the released models, 0.6 for lrm-demo-shapes]")
-    p.add_argument("--source-distance", type=float, default=2.0, help="input camera distance [default: 2.0]")
-    p.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
+    p.add_argument("--source-distance", type=float, default=JOB.source_distance,
+                   help="input camera distance [default: the model's, 2.0]")
+    p.add_argument("--precision", choices=PRECISIONS, default=JOB.precision,
                    help="autocast for the planes (encoder + transformer): bf16/fp16 use tensor cores on a GPU or AMX "
                    "on recent CPUs, at ~1%% deviation of the planes [default: fp32, the reference's arithmetic]")
-    p.add_argument("--mode", choices=["fast", "reference"], default="fast",
+    p.add_argument("--mode", choices=MODES, default=JOB.mode,
                    help="fast: skip empty space (default); reference: OpenLRM's exact, slow algorithms")
     return p.parse_args(argv)
+
+
+def job_options(args: argparse.Namespace) -> JobOptions:
+    """The job the command line describes; ValueError names a bad option."""
+    return JobOptions(remove_background=not args.no_rembg, foreground_ratio=args.foreground_ratio,
+                      source_distance=args.source_distance, mesh_resolution=args.mesh_resolution,
+                      threshold=args.threshold, formats=tuple(args.formats.split(",")), video=args.video,
+                      n_views=args.views, fps=args.fps, video_size=args.video_size, mode=args.mode,
+                      precision=args.precision)
 
 
 def collect_images(inputs: list[str]) -> list[tuple[Path, str]]:
@@ -55,14 +71,55 @@ def collect_images(inputs: list[str]) -> list[tuple[Path, str]]:
     return found
 
 
+class StageLog:
+    """Progress of the images' stages: a bar on a terminal; where nobody watches (a log, a pipe), one line per stage
+    (a bar's carriage-return updates would become hundreds of lines)."""
+
+    def __init__(self, images: int, stream=None):
+        from tqdm.auto import tqdm
+        self.stream = stream or sys.stderr
+        self.bar = tqdm(total=images * len(STAGES), unit="stage", dynamic_ncols=True, file=self.stream) \
+            if self.stream.isatty() else None
+        self.done, self.current = 0, None
+
+    def start(self, name: str) -> None:
+        self.name, self.current = name, None
+
+    def update(self, stage: str, fraction: float) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"{self.name}: {stage}")
+            self.bar.n = self.done + STAGES.index(stage) + fraction
+            self.bar.update(0)  # redraws at most every tqdm.mininterval
+        elif stage != self.current:
+            self.current = stage
+            print(f"{self.name}: {stage}", file=self.stream, flush=True)
+
+    def finish(self, line: str) -> None:
+        """End the current image with a result line."""
+        self.done += len(STAGES)
+        if self.bar is not None:
+            self.bar.n = self.done
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
-    from tqdm.auto import tqdm
 
     import lrm
-    from lrm.pipeline import STAGES, reconstruct
+    from lrm.pipeline import reconstruct
 
+    try:
+        options = job_options(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     images = collect_images(args.inputs)
     if not images:
         print("error: no images found in the given folders", file=sys.stderr)
@@ -70,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda was asked for but no CUDA device is available; use --device cpu", file=sys.stderr)
         return 2
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
 
     start = time.perf_counter()
     try:
@@ -83,32 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {model.source} ({model.release}) loaded in {time.perf_counter() - start:.1f}s on {args.device}")
 
     failures = 0
-    bar = tqdm(total=len(images) * len(STAGES), unit="stage", dynamic_ncols=True)
+    log = StageLog(len(images))
     for path, name in images:
-        done_before = bar.n
-
-        def progress(stage: str, fraction: float) -> None:
-            bar.set_description(f"{name}: {stage}")
-            bar.n = done_before + STAGES.index(stage) + fraction
-            bar.update(0)  # redraws at most every tqdm.mininterval
-
+        log.start(name)
         try:
-            result = reconstruct(model, path, Path(args.out) / Path(name).parent, name=Path(name).name,
-                                 remove_background=not args.no_rembg, foreground_ratio=args.foreground_ratio,
-                                 source_distance=args.source_distance, mesh_resolution=args.mesh_resolution,
-                                 threshold=args.threshold, formats=formats, video=args.video, n_views=args.views,
-                                 fps=args.fps, video_size=args.video_size, mode=args.mode,
-                                 precision=args.precision, progress=progress)
+            result = reconstruct(model, path, Path(args.out) / Path(name).parent, options, name=Path(name).name,
+                                 progress=log.update)
         except (ValueError, OSError) as err:  # bad image, bad option, disk problems: report, go on
             failures += 1
-            bar.n = done_before + len(STAGES)
-            tqdm.write(f"FAILED {path}: {err}")
+            log.finish(f"FAILED {path}: {err}")
             continue
-        bar.n = done_before + len(STAGES)
         mesh = f"{len(result.mesh.vertices)} vertices" if result.mesh is not None else "no mesh"
         written = ",".join(k for k in result.files if k != "png")
-        tqdm.write(f"ok     {path} -> {Path(args.out) / name}.{{{written}}}  {mesh}  {result.summary()}")
-    bar.close()
+        log.finish(f"ok     {path} -> {Path(args.out) / name}.{{{written}}}  {mesh}  {result.summary()}")
+    log.close()
     print(f"{len(images) - failures}/{len(images)} done in {time.perf_counter() - start:.1f}s, output in {args.out}")
     return 1 if failures else 0
 

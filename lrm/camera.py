@@ -31,6 +31,14 @@ def source_camera(distance: float = 2.0, batch_size: int = 1) -> Tensor:
     return torch.cat([extrinsics.reshape(12), intrinsics]).unsqueeze(0).repeat(batch_size, 1)
 
 
+def sphere_positions(azimuth, elevation, distance: float = 2.0) -> Tensor:
+    """Points at `distance` from the origin -> [M, 3], for angles in radians (sequences of M): azimuth 0 and
+    elevation 0 is the canonical input camera's place on -y; azimuth grows counter-clockwise seen from above (90
+    degrees is +x), elevation towards +z. Computed in double precision, then float32."""
+    return torch.tensor([[distance * math.cos(e) * math.sin(a), -distance * math.cos(e) * math.cos(a),
+                          distance * math.sin(e)] for a, e in zip(azimuth, elevation)], dtype=torch.float32)
+
+
 def look_at_origin(positions: Tensor) -> Tensor:
     """cam2world [M, 3, 4] for cameras at positions [M, 3] looking at the origin with world up +z."""
     up = torch.tensor([0, 0, 1], dtype=torch.float32).expand_as(positions)
@@ -74,6 +82,27 @@ def orbit_cameras(n_views: int, radius: float = 2.0, height: float = 0.8, *, end
         positions = torch.tensor([[ground * math.cos(t), ground * math.sin(t), height] for t in theta],
                                  dtype=torch.float32)
     return render_cameras(look_at_origin(positions))
+
+
+def project(points: Tensor, camera: Tensor) -> tuple[Tensor, Tensor]:
+    """World points [N, ..., 3] seen by conditioning cameras [N, 16] -> normalised image coordinates [N, ..., 2]
+    (u right, v down; [0, 1] across the frame) and depth along the optical axis [N, ...], clamped to >= 1e-4 (points
+    behind the camera get that depth). The inverse of `get_rays` for cameras without skew."""
+    n = camera.shape[0]
+    c2w = camera[:, :12].reshape(n, 3, 4)
+    fx, fy, cx, cy = camera[:, 12:16].unbind(-1)
+    flat = points.reshape(n, -1, 3)
+    cam = torch.einsum("nij,npi->npj", c2w[:, :, :3], flat - c2w[:, None, :, 3])  # R^T (X - t), OpenGL axes
+    depth = (-cam[..., 2]).clamp_min(1e-4)  # OpenGL looks along -z
+    u = fx[:, None] * cam[..., 0] / depth + cx[:, None]
+    v = fy[:, None] * -cam[..., 1] / depth + cy[:, None]  # image rows grow downwards
+    return torch.stack([u, v], -1).reshape(*points.shape[:-1], 2), depth.reshape(points.shape[:-1])
+
+
+def conditioning_cameras(cameras: Tensor) -> Tensor:
+    """Render cameras [M, 25] -> the same cameras as conditioning cameras [M, 16] (a skew, if any, is dropped)."""
+    k = cameras[:, 16:25].reshape(-1, 3, 3)
+    return torch.cat([cameras[:, :12], k[:, 0, 0, None], k[:, 1, 1, None], k[:, 0, 2, None], k[:, 1, 2, None]], 1)
 
 
 def get_rays(cameras: Tensor, size: int, exact: bool = True) -> tuple[Tensor, Tensor]:

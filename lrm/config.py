@@ -116,8 +116,6 @@ class InferDefaults:
     render_size: int = 192
     samples_per_ray: int = 96
     source_cam_dist: float = 2.0
-    render_views: int = 160
-    render_fps: int = 40
     mesh_size: int = 384
     mesh_threshold: float = 3.0
     # The recentring of the input (`lrm.preprocess`): the reference app's 0.85; this project's own models store the
@@ -125,23 +123,32 @@ class InferDefaults:
     foreground_ratio: float = 0.85
 
 
-# OpenLRM v1.1.1 `configs/infer-{s,b,l}.yaml`, keyed by transformer_dim (the size that tells the released models apart).
-_V11_SIZES = {512: (224, 192), 768: (336, 288), 1024: (448, 384)}
-# v1.0 checkpoints carry `kwargs['infer']`; when absent, the model card's render resolution by transformer size.
-_V10_SIZES = {(768, 12): (224, 192), (1024, 12): (224, 192), (1024, 16): (224, 384)}
+# OpenLRM's input / render sizes per released model size: v1.1.1 `configs/infer-{s,b,l}.yaml`; v1.0's model cards
+# (its checkpoints also store them in kwargs['infer']). Other architectures get the smallest.
+RELEASE_SIZES = {"1.1": {"small": (224, 192), "base": (336, 288), "large": (448, 384)},
+                 "1.0": {"small": (224, 192), "base": (224, 192), "large": (224, 384)}}
+# which released size an architecture is: v1.1 by transformer_dim, v1.0 by (transformer_dim, transformer_layers)
+_SIZE_OF = {"1.1": {512: "small", 768: "base", 1024: "large"},
+            "1.0": {(768, 12): "small", (1024, 12): "base", (1024, 16): "large"}}
+
+
+def released_defaults(release: str, size: str | None, samples_per_ray: int = InferDefaults.samples_per_ray
+                      ) -> InferDefaults:
+    """The reference's inference settings for a released model size ("small" / "base" / "large"; None: other)."""
+    source, render = RELEASE_SIZES.get(release, {}).get(size, (224, 192))
+    return InferDefaults(source_size=source, render_size=render, samples_per_ray=samples_per_ray)
 
 
 def infer_defaults_for(config: LRMConfig, stored: Mapping[str, Any] | None = None,
                        release: str = "1.1") -> InferDefaults:
-    """The reference's inference settings for `config`, overridden by what the checkpoint stores."""
-    if release == "1.0":
-        source, render = _V10_SIZES.get((config.transformer_dim, config.transformer_layers), (224, 192))
-    else:
-        source, render = _V11_SIZES.get(config.transformer_dim, (224, 192))
-    values: dict[str, Any] = dict(source_size=source, render_size=render,
-                                  samples_per_ray=config.rendering_samples_per_ray)
-    for key in ("source_size", "render_size", "source_cam_dist", "render_views", "render_fps", "mesh_size",
-                "foreground_ratio"):
+    """The reference's inference settings for `config`, overridden by what the checkpoint stores (`stored`: v1.0's
+    kwargs['infer'] or this project's infer.json)."""
+    key = (config.transformer_dim, config.transformer_layers) if release == "1.0" else config.transformer_dim
+    values = dataclasses.asdict(released_defaults(release, _SIZE_OF.get(release, {}).get(key),
+                                                  config.rendering_samples_per_ray))
+    # (v1.0 also stores `render_views` / `render_fps`, the reference's offline orbit; the video's frames and rate are
+    # job options here, `lrm.JobOptions`)
+    for key in ("source_size", "render_size", "source_cam_dist", "mesh_size", "foreground_ratio"):
         if stored and stored.get(key) is not None:
             values[key] = type(getattr(InferDefaults, key))(stored[key])
     if stored and stored.get("mesh_thres") is not None:

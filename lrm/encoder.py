@@ -178,6 +178,28 @@ class _PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (N, h*w, C)
 
 
+def resize_pos_embed(pos: Tensor, spec: EncoderSpec, h: int, w: int) -> Tensor:
+    """Learned position embeddings [1, 1 + g*g, C] (CLS first, then a square g x g grid) for an h x w image ->
+    [1, 1 + (h/p)*(w/p), C]: the grid resized bicubically, as the released backbones do it.
+
+    Resized by scale factor, not by size: the factor sets the sampling positions of the bicubic kernel. DINO and the
+    plain DINOv2 add 0.1 to the target grid to avoid a floating point error in the output size (dino#8,
+    transformers' `interpolate_pos_encoding`); DINOv2 with registers uses offset 0 and antialiasing instead.
+    """
+    n_pos = pos.shape[1] - 1
+    if (h // spec.patch) * (w // spec.patch) == n_pos and h == w:
+        return pos
+    side = math.sqrt(n_pos)
+    h0, w0 = h // spec.patch + spec.pos_offset, w // spec.patch + spec.pos_offset
+    grid = pos[:, 1:].float().reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)  # [1, C, g, g]
+    grid = F.interpolate(grid, scale_factor=(h0 / side, w0 / side), mode="bicubic", align_corners=False,
+                         antialias=spec.pos_antialias)
+    if grid.shape[-2:] != (int(h0), int(w0)):
+        raise ValueError(f"input size {h}x{w} cannot be used with patch size {spec.patch}")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, grid.shape[1])  # [1, h0*w0, C]
+    return torch.cat([pos[:, :1].float(), grid], dim=1).to(pos.dtype)
+
+
 class Dinov2ViT(nn.Module):
     def __init__(self, spec: EncoderSpec):
         super().__init__()
@@ -190,28 +212,11 @@ class Dinov2ViT(nn.Module):
         self.blocks = nn.ModuleList(_Dinov2Block(spec) for _ in range(spec.depth))
         self.norm = nn.LayerNorm(spec.dim, eps=1e-6)
 
-    def _pos_embed(self, n_patches: int, h: int, w: int) -> Tensor:
-        n_pos = self.pos_embed.shape[1] - 1
-        if n_patches == n_pos and h == w:
-            return self.pos_embed
-        pos = self.pos_embed.float()
-        side = math.sqrt(n_pos)
-        h0 = h // self.spec.patch + self.spec.pos_offset
-        w0 = w // self.spec.patch + self.spec.pos_offset
-        # Resized by scale factor, not by size: the factor sets the sampling positions of the bicubic kernel.
-        grid = pos[:, 1:].reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)  # (1, C, 37, 37)
-        grid = F.interpolate(grid, scale_factor=(h0 / side, w0 / side), mode="bicubic",
-                             antialias=self.spec.pos_antialias)
-        if grid.shape[-2:] != (int(h0), int(w0)):
-            raise ValueError(f"input size {h}x{w} cannot be used with patch size {self.spec.patch}")
-        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, grid.shape[1])  # (1, h0*w0, C)
-        return torch.cat([pos[:, :1], grid], dim=1).to(self.pos_embed.dtype)
-
     def forward(self, image: Tensor) -> Tensor:
         n, _, h, w = image.shape
         x = self.patch_embed(image)
         x = torch.cat([self.cls_token.expand(n, -1, -1), x], dim=1)
-        x = x + self._pos_embed(x.shape[1] - 1, h, w)
+        x = x + resize_pos_embed(self.pos_embed, self.spec, h, w)
         if self.register_tokens is not None:
             # Registers go after CLS, after the position embedding (they have none).
             x = torch.cat([x[:, :1], self.register_tokens.expand(n, -1, -1), x[:, 1:]], dim=1)
@@ -294,29 +299,13 @@ class DinoViT(nn.Module):
         self.encoder = _ViTEncoder(spec)
         self.layernorm = nn.LayerNorm(spec.dim, eps=1e-12)
 
-    def _pos_embed(self, n_patches: int, h: int, w: int) -> Tensor:
-        pos = self.embeddings.position_embeddings
-        n_pos = pos.shape[1] - 1
-        if n_patches == n_pos and h == w:
-            return pos
-        side = math.sqrt(n_pos)
-        # DINO's recipe (transformers ViTEmbeddings.interpolate_pos_encoding): +0.1 avoids a floating point error
-        # in the output size (dino#8); no antialias.
-        h0, w0 = h // self.spec.patch + 0.1, w // self.spec.patch + 0.1
-        grid = pos[:, 1:].reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)  # (1, C, 14, 14)
-        grid = F.interpolate(grid, scale_factor=(h0 / side, w0 / side), mode="bicubic", align_corners=False)
-        if grid.shape[-2:] != (int(h0), int(w0)):
-            raise ValueError(f"input size {h}x{w} cannot be used with patch size {self.spec.patch}")
-        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, grid.shape[1])  # (1, h0*w0, C)
-        return torch.cat([pos[:, :1], grid], dim=1)
-
     def forward(self, image: Tensor) -> Tensor:
         n, _, h, w = image.shape
         # ViTImageProcessor of facebook/dino-vitb16 (do_rescale/do_resize off): mean = std = 0.5, not ImageNet's.
         x = (image - 0.5) / 0.5
         x = self.embeddings.patch_embeddings.projection(x).flatten(2).transpose(1, 2)  # (N, h*w, C)
         x = torch.cat([self.embeddings.cls_token.expand(n, -1, -1), x], dim=1)
-        x = x + self._pos_embed(x.shape[1] - 1, h, w)
+        x = x + resize_pos_embed(self.embeddings.position_embeddings, self.spec, h, w)
         for layer in self.encoder.layer:
             x = layer(x)
         return self.layernorm(x)  # last_hidden_state (N, 1 + h*w, C)

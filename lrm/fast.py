@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .mesh import grid_points
+from .camera import conditioning_cameras, get_rays, project
+from .field import Field, Progress, grid_points
+from .model import LRM
 from .renderer import (OUT_OF_BOX_SIGMA, RayBundle, compositing_weights, density_activation, importance_depths,
-                       ray_box_limits, stratified_depths, view_ray_limits)
+                       random_draws, ray_box_limits, stand_in_limits, stratified_depths)
 
 EMPTY_DENSITY = 1e-3  # a cell whose (dilated) density stays below this is empty: optical depth < 0.004 over the box
 COARSE = 64
@@ -133,12 +135,13 @@ class FieldCache:
         return density_activation(raw[0, 0].permute(2, 1, 0))
 
 
-class FastField:
-    """What the fast mesh and video share for one plane set [1, 3, C, H, W]: the coarse occupancy and the cache."""
+class FastField(Field):
+    """The field of one plane set [1, 3, C, H, W] cached near its surface: the coarse occupancy and the cache, made
+    once and shared by the mesh, the video and the texture bake. `resolution`: the cache's grid (default: two
+    vertices per plane texel)."""
 
-    def __init__(self, model, planes: Tensor, coarse: int = COARSE, resolution: int | None = None):
-        if planes.shape[0] != 1:
-            raise ValueError("FastField takes one plane set [1, 3, C, H, W]")
+    def __init__(self, model: LRM, planes: Tensor, coarse: int = COARSE, resolution: int | None = None):
+        super().__init__(model, planes)
         with torch.inference_mode():
             everywhere = torch.arange(coarse ** 3, device=planes.device)
             raw = field_at_vertices(model, planes, coarse, everywhere)[:, 0].view(coarse, coarse, coarse)
@@ -147,42 +150,70 @@ class FastField:
             self.cache = FieldCache.build(model, planes, raw, self.occupancy, resolution)
             self.splat_cells = self.occupancy.optical_cells()  # for the hit mask of every view
 
+    def surface_grid(self, resolution: int, threshold: float, progress: Progress | None = None
+                     ) -> tuple[Tensor, tuple[int, int, int]]:
+        """The cache's density upsampled to the G³ grid, cropped to the bounding box of the vertices at or above
+        `threshold` plus one vertex (marching cubes finds the same triangles in it, scanning less)."""
+        with torch.inference_mode():
+            grid = self.cache.density(resolution)
+            above = grid >= threshold
+            lo = (0, 0, 0)
+            if above.any():
+                spans = [torch.nonzero(above.any(dim=tuple(d for d in range(3) if d != axis))).squeeze(1)
+                         for axis in range(3)]
+                lo = tuple(max(int(a[0]) - 1, 0) for a in spans)
+                hi = [min(int(a[-1]) + 2, resolution) for a in spans]
+                grid = grid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        if progress is not None:
+            progress(1, 1)
+        return grid, lo
 
-def project_cells(camera: Tensor, centres: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """World points [P, 3] -> pixel row, column, camera depth and tan of the angle off the optical axis [P] for a
-    render camera [25].
-
-    The inverse of `camera.get_rays`: pixel (i, j) looks at ((j + 0.5) / size, (i + 0.5) / size) in normalised
-    image coordinates, through the OpenCV -> OpenGL axis flip of the reference.
-    """
-    c2w = camera[:16].view(4, 4) @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], device=camera.device))
-    k = camera[16:25].view(3, 3)
-    fx, fy, cx, cy, sk = k[0, 0], k[1, 1], k[0, 2], k[1, 2], k[0, 1]
-    q = torch.linalg.solve(c2w, torch.cat([centres, torch.ones_like(centres[:, :1])], 1).T)  # (4, P)
-    x_lift, y_lift, z = q[0] / q[2], q[1] / q[2], q[2]
-    y_cam = y_lift * fy + cy
-    x_cam = x_lift * fx + cx - cy * sk / fy + sk * y_cam / fy
-    return y_cam * size - 0.5, x_cam * size - 0.5, z, torch.hypot(x_lift, y_lift)
+    def render(self, cameras: Tensor, size: int, deterministic: bool = True, *, samples_per_ray: int | None = None,
+               background: float = 1.0, generator: torch.Generator | None = None,
+               progress: Progress | None = None) -> dict[str, Tensor]:
+        samples = samples_per_ray or self.model.config.rendering_samples_per_ray
+        n_coarse, n_fine = samples // 2, samples // 2
+        m, device = cameras.shape[0], self.planes.device
+        cameras = cameras.to(device, torch.float32)
+        rgb_out = torch.empty(m, 3, size * size, dtype=self.planes.dtype, device=device)
+        depth_out = torch.empty(m, 1, size * size, dtype=self.planes.dtype, device=device)
+        weight_out = torch.empty_like(depth_out)
+        with torch.inference_mode():
+            origins, dirs = get_rays(cameras, size, exact=False)
+            for j in range(m):
+                jitter, u = (None, None) if deterministic else random_draws(size * size, n_coarse, n_fine, generator,
+                                                                            device)
+                rgb, depth, weight = render_view_fast(self, cameras[j], origins[j], dirs[j], size, n_coarse, n_fine,
+                                                      background, jitter, u)
+                rgb_out[j], depth_out[j], weight_out[j] = rgb.T, depth.T, weight.T
+                if progress is not None:
+                    progress(j + 1, m)
+        shape = (m, -1, size, size)
+        return {"rgb": rgb_out.view(shape), "depth": depth_out.view(shape), "weight": weight_out.view(shape)}
 
 
 def hit_mask(fast: FastField, camera: Tensor, size: int) -> Tensor:
-    """Rays [size * size] of a view that may see something: an upper bound of each ray's optical depth, from the
-    occupied cells splatted onto the image, above HIT_DEPTH (a ray below it is background to within that much).
+    """Rays [size * size] of a view (render camera [25]) that may see something: an upper bound of each ray's optical
+    depth, from the occupied cells splatted onto the image, above HIT_DEPTH (a ray below it is background to within
+    that much).
 
     Conservative: a ray through a cell passes within the projection of the cell's bounding sphere (radius r at depth
     z: at most f r / (z - r), stretched by 1 + tan² off the optical axis), so its pixel centre lies within that reach
     plus 0.71 px (the rounding of the projected centre) of the cell's pixel, inside a box of that many whole pixels;
     there it picks up at most the cell's max density times its diagonal. A camera close to (or inside) the occupied
-    region marks everything.
+    region, or one with a skew, marks everything.
     """
     centres, depth, radius = fast.splat_cells
     total = torch.zeros(1, 1, size, size, device=camera.device)
     if len(centres) == 0:
         return total.view(-1).bool()
-    rows, cols, z, tan = project_cells(camera, centres, size)
-    if z.min() < 4 * radius:
-        return total.fill_(1).view(-1).bool()
     k = camera[16:25].view(3, 3)
+    uv, z = project(centres[None], conditioning_cameras(camera[None]))
+    uv, z = uv[0], z[0]
+    if z.min() < 4 * radius or k[0, 1] != 0:
+        return total.fill_(1).view(-1).bool()
+    cols, rows = uv[:, 0] * size - 0.5, uv[:, 1] * size - 0.5  # pixel (i, j) is centred at ((j + .5), (i + .5)) / size
+    tan = torch.hypot((uv[:, 0] - k[0, 2]) / k[0, 0], (uv[:, 1] - k[1, 2]) / k[1, 1])
     angular = radius / (z - radius)
     reach = torch.maximum(k[0, 0], k[1, 1]) * size * angular * (1 + (tan + angular) ** 2) + 0.71
     steps = reach.long()  # whole pixels within the reach: a box of them holds the disc
@@ -264,7 +295,8 @@ def render_view_fast(fast: FastField, camera: Tensor, origins: Tensor, dirs: Ten
     Rays that cross no occupied cell are background; the others go through the reference's renderer (same samples,
     same compositing) with the cache as the field.
     """
-    near, far = view_ray_limits(origins, dirs)
+    box_near, box_far = ray_box_limits(origins, dirs)
+    near, far = stand_in_limits(box_near, box_far)
     r = origins.shape[0]
     rgb = origins.new_full((r, 3), background)
     depth = origins.new_full((r, 1), float("inf"))
@@ -273,7 +305,6 @@ def render_view_fast(fast: FastField, camera: Tensor, origins: Tensor, dirs: Ten
     lo = (near + (jitter[:, :1] * (far - near) / (n_coarse - 1) if jitter is not None else 0)).min().item()
     hi = (far + (jitter[:, -1:] * (far - near) / (n_coarse - 1) if jitter is not None else 0)).max().item()
     # rays that miss the box are background in the reference too (all their samples are out of the box)
-    box_near, box_far = ray_box_limits(origins, dirs)
     rows = torch.nonzero(hit_mask(fast, camera, size) & (box_far > box_near)[:, 0]).squeeze(1)
     for start in range(0, len(rows), chunk_rays):
         sel = rows[start:start + chunk_rays]

@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from .config import LRMConfig, infer_defaults_for
+from .config import InferDefaults, LRMConfig, infer_defaults_for, released_defaults
 from .model import LRM
 
 HUB_OWNER = "zxhezexin"
 FIRST_RELEASE_REPO = f"{HUB_OWNER}/OpenLRM"
-V11_MODELS = tuple(f"{HUB_OWNER}/openlrm-{data}-{size}-1.1" for data in ("mix", "obj")
-                   for size in ("small", "base", "large"))
-V10_MODELS = tuple(f"{HUB_OWNER}/openlrm-{size}-obj-1.0" for size in ("small", "base", "large"))
-FIRST_RELEASE_MODELS = ("lrm-base-obj-v1", "lrm-large-obj-v1")
-RELEASED_MODELS = V11_MODELS + V10_MODELS + FIRST_RELEASE_MODELS
+# Every released model -> (its file format's release, its size).
+RELEASES = {
+    **{f"{HUB_OWNER}/openlrm-{data}-{size}-1.1": ("1.1", size) for data in ("mix", "obj")
+       for size in ("small", "base", "large")},
+    **{f"{HUB_OWNER}/openlrm-{size}-obj-1.0": ("1.0", size) for size in ("small", "base", "large")},
+    # the first release: files of FIRST_RELEASE_REPO in the v1.0 format
+    **{f"lrm-{size}-obj-v1": ("1.0", size) for size in ("base", "large")},
+}
+RELEASED_MODELS = tuple(RELEASES)
+DEFAULT_MODEL = f"{HUB_OWNER}/openlrm-mix-base-1.1"  # the reference demo's choice
 
 
 class CheckpointError(ValueError):
@@ -98,15 +104,16 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
                               "another type. Delete it and download it again.") from None
 
 
-def _read_torch(path: Path) -> Any:
-    """torch.load with weights_only=True: tensors and plain containers only, never code."""
+def _read_torch(path: Path, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers only, never code. mmap=True maps the tensors
+    instead of reading them (for torch's zip container; a legacy pickle stream is read)."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch's zip container / a legacy pickle stream
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with {magic!r}). Pass a model.pth / "
                               ".pth file, a model.safetensors with its config.json, or a Hugging Face repo id.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and magic[:2] == b"PK")
     except Exception as err:  # torch raises UnpicklingError / RuntimeError / EOFError for bad files
         text = str(err)
         if "GLOBAL" in text:
@@ -118,12 +125,14 @@ def _read_torch(path: Path) -> Any:
                               "and download it again.") from None
 
 
+@dataclass(frozen=True)
 class Checkpoint:
-    """What a checkpoint holds: config kwargs, state dict (own layout), stored inference settings, release."""
-
-    def __init__(self, config: LRMConfig, state_dict: dict[str, Tensor], infer: Mapping[str, Any] | None,
-                 release: str, origin: str):
-        self.config, self.state_dict, self.infer, self.release, self.origin = config, state_dict, infer, release, origin
+    """What a checkpoint holds: config kwargs, state dict (own layout), stored inference settings, release, file."""
+    config: LRMConfig
+    state_dict: dict[str, Tensor]
+    infer: Mapping[str, Any] | None
+    release: str
+    origin: str
 
 
 def _config_from(kwargs: Any, where: str) -> LRMConfig:
@@ -139,8 +148,12 @@ def _state_dict_from(obj: Any, where: str) -> dict[str, Tensor]:
     return convert_state_dict(obj)
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a local checkpoint: a folder, a `.pth` file or a `.safetensors` / `.bin` file with `config.json` beside."""
+def read_checkpoint(path: str | os.PathLike, *, weights: bool = True) -> Checkpoint:
+    """Read a local checkpoint: a folder, a `.pth` file or a `.safetensors` / `.bin` file with `config.json` beside.
+
+    weights=False reads the settings only (the state dict comes back empty): a v1.1 checkpoint's weights file is not
+    opened, a `.pth` file's tensors are mapped, not read.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}. Pass a folder with config.json + model.safetensors "
@@ -148,10 +161,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if path.is_dir():
         for name in ("model.safetensors", "model.pth", "pytorch_model.bin"):
             if (path / name).is_file():
-                return read_checkpoint(path / name)
-        weights = sorted(p for p in path.iterdir() if p.suffix in (".pth", ".safetensors"))
-        if len(weights) == 1:
-            return read_checkpoint(weights[0])
+                return read_checkpoint(path / name, weights=weights)
+        found = sorted(p for p in path.iterdir() if p.suffix in (".pth", ".safetensors"))
+        if len(found) == 1:
+            return read_checkpoint(found[0], weights=weights)
         raise CheckpointError(f"{path} holds no checkpoint: expected config.json + model.safetensors (v1.1) or "
                               "model.pth (v1.0).")
     if path.suffix == ".safetensors" or path.name == "pytorch_model.bin":
@@ -159,24 +172,27 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if not config_path.is_file():
             raise CheckpointError(f"{path.name} needs the config.json of its release next to it ({config_path}).")
         config = _config_from(_read_json(config_path), str(config_path))
-        raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
         # This project's checkpoints may carry their inference settings in infer.json (the releases do not).
         infer_path = path.with_name("infer.json")
         infer = _read_json(infer_path) if infer_path.is_file() else None
+        if not weights:
+            return Checkpoint(config, {}, infer, "1.1", str(path))
+        raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
         return Checkpoint(config, _state_dict_from(raw, str(path)), infer, "1.1", str(path))
     if path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        obj = _read_torch(path)
+        obj = _read_torch(path, mmap=not weights)
         if isinstance(obj, Mapping) and "weights" in obj and "kwargs" in obj:
             kwargs = obj["kwargs"]
             if not isinstance(kwargs, Mapping) or "model" not in kwargs:
                 raise CheckpointError(f"{path}: kwargs['model'] is missing; not an OpenLRM v1.0 checkpoint.")
             config = _config_from(kwargs["model"], f"{path} kwargs['model']")
             infer = kwargs.get("infer") if isinstance(kwargs.get("infer"), Mapping) else None
-            return Checkpoint(config, _state_dict_from(obj["weights"], str(path)), infer, "1.0", str(path))
+            state = _state_dict_from(obj["weights"], str(path)) if weights else {}
+            return Checkpoint(config, state, infer, "1.0", str(path))
         config_path = path.with_name("config.json")
         if config_path.is_file():
             return Checkpoint(_config_from(_read_json(config_path), str(config_path)),
-                              _state_dict_from(obj, str(path)), None, "1.1", str(path))
+                              _state_dict_from(obj, str(path)) if weights else {}, None, "1.1", str(path))
         raise CheckpointError(f"{path} is not an OpenLRM checkpoint: a v1.0 model.pth holds 'weights' and 'kwargs'.")
     raise CheckpointError(f"Unsupported checkpoint file type {path.suffix!r} ({path}). Use model.safetensors + "
                           "config.json, or a .pth file.")
@@ -190,7 +206,7 @@ def _first_release_file(source: str) -> str | None:
     """`lrm-base-obj-v1`, `lrm-base-obj-v1.pth` or `zxhezexin/OpenLRM/lrm-base-obj-v1.pth` -> the file name."""
     name = source.removeprefix(FIRST_RELEASE_REPO).lstrip("/:")
     name = name.removesuffix(".pth")
-    return f"{name}.pth" if name in FIRST_RELEASE_MODELS else None
+    return f"{name}.pth" if name in RELEASES and not name.startswith(HUB_OWNER) else None
 
 
 def _hub_download(repo_id: str, filename: str, revision: str | None) -> Path:
@@ -219,25 +235,62 @@ def _hub_download(repo_id: str, filename: str, revision: str | None) -> Path:
                                     "again, or pass a local checkpoint folder.") from None
 
 
-def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
-    """Local path of the checkpoint named by `source`, downloading it from the Hub (into its cache) when needed."""
-    from huggingface_hub.errors import EntryNotFoundError
+def hub_files(source: str | os.PathLike) -> tuple[str, list[tuple[str, ...]]]:
+    """A Hub model's repo id and the file layouts to try for it, in order: `zxhezexin/openlrm-mix-base-1.1`,
+    `openlrm-base-obj-1.0` (the owner may be left out) or a first-release file `lrm-base-obj-v1`.
+
+    Raises FileNotFoundError when `source` can only be a local path (it starts with `.`, `/` or `~`, names a weights
+    file, or has more than one `/`) and ValueError when it is no valid repo id.
+    """
+    text = str(source).strip()
+    filename = _first_release_file(text)
+    if filename:
+        return FIRST_RELEASE_REPO, [(filename,)]
+    parts = text.split("/")
+    if text.startswith((".", "/", "~")) or Path(text).suffix in (".pth", ".safetensors", ".bin") \
+            or len(parts) > 2 or not all(parts):
+        raise FileNotFoundError(f"No checkpoint at {Path(text).expanduser()}: the path does not exist.")
+    repo_id = text if len(parts) == 2 else f"{HUB_OWNER}/{text}"
+    from huggingface_hub.utils import validate_repo_id
+    validate_repo_id(repo_id)  # HFValidationError (a ValueError) naming what is wrong
+    if RELEASES.get(repo_id, ("1.1",))[0] == "1.0":
+        return repo_id, [("model.pth",)]
+    return repo_id, [("config.json", "model.safetensors"), ("model.pth",), ("config.json", "pytorch_model.bin")]
+
+
+def _local(source: str | os.PathLike) -> Path | None:
+    """The local checkpoint `source` names (a path, or the embedded demo model), else None."""
     path = Path(source).expanduser()
     if path.exists():
         return path
-    text = str(source).strip()
-    if text == DEMO_MODEL:
-        return DEMO_MODEL_DIR
-    filename = _first_release_file(text)
-    if filename:
-        return _hub_download(FIRST_RELEASE_REPO, filename, revision)
-    parts = text.split("/")
-    if text.startswith((".", "/", "~")) or path.suffix in (".pth", ".safetensors", ".bin") \
-            or len(parts) > 2 or not all(parts):
-        raise FileNotFoundError(f"No checkpoint at {path}: the path does not exist.")
-    repo_id = text if len(parts) == 2 else f"{HUB_OWNER}/{text}"
-    layouts = [("model.pth",)] if repo_id in V10_MODELS else \
-        [("config.json", "model.safetensors"), ("model.pth",), ("config.json", "pytorch_model.bin")]
+    return DEMO_MODEL_DIR if str(source).strip() == DEMO_MODEL else None
+
+
+def _cached(source: str | os.PathLike) -> Path | None:
+    """The last file of the first layout of a Hub model that is complete in the local Hub cache, else None."""
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        repo_id, layouts = hub_files(source)
+    except (FileNotFoundError, ValueError):
+        return None
+    for files in layouts:
+        paths = [try_to_load_from_cache(repo_id, f) for f in files]
+        if all(isinstance(p, str) for p in paths):
+            return Path(paths[-1])
+    return None
+
+
+def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
+    """Local path of the checkpoint named by `source`, downloading it from the Hub (into its cache) when needed."""
+    from huggingface_hub.errors import EntryNotFoundError
+    local = _local(source)
+    if local is not None:
+        return local
+    try:
+        repo_id, layouts = hub_files(source)
+    except ValueError as err:
+        raise CheckpointError(f"{str(source).strip()!r} is neither a local path nor a Hugging Face repo id "
+                              f"({err}).") from None
     try:
         for files in layouts:
             try:
@@ -245,9 +298,63 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
             except EntryNotFoundError:
                 continue
     except CheckpointError as err:
-        raise type(err)(f"{text!r} is not a local path, so it was looked up on the Hugging Face Hub as "
-                        f"{repo_id!r}: {err}") from None
+        if repo_id == FIRST_RELEASE_REPO:
+            raise
+        raise type(err)(f"{str(source).strip()!r} is not a local path, so it was looked up on the Hugging Face Hub "
+                        f"as {repo_id!r}: {err}") from None
     raise CheckpointError(f"{repo_id} holds no OpenLRM checkpoint (no model.safetensors + config.json, no model.pth).")
+
+
+def hub_offline() -> bool:
+    """True when huggingface_hub is set to stay offline (HF_HUB_OFFLINE=1)."""
+    import huggingface_hub.constants as hf_constants
+    return bool(hf_constants.HF_HUB_OFFLINE)
+
+
+_HUB_REACHABLE: bool | None = None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers (asked once per process, within `timeout` seconds)."""
+    global _HUB_REACHABLE
+    if _HUB_REACHABLE is None:
+        import urllib.request
+
+        import huggingface_hub.constants as hf_constants
+        try:
+            urllib.request.urlopen(f"{hf_constants.ENDPOINT}/api/models?limit=1", timeout=timeout).close()
+            _HUB_REACHABLE = True
+        except OSError:
+            _HUB_REACHABLE = False
+    return _HUB_REACHABLE
+
+
+def is_available(source: str | os.PathLike) -> bool:
+    """Whether `source` can be loaded now: a local checkpoint path, the embedded demo model, a Hub model in the local
+    cache, or any Hub model while the Hub can be reached. Never raises, never downloads weights."""
+    if _local(source) is not None or _cached(source) is not None:
+        return True
+    try:
+        hub_files(source)
+    except (FileNotFoundError, ValueError):
+        return False
+    return not hub_offline() and hub_reachable()
+
+
+def model_defaults(source: str | os.PathLike) -> InferDefaults:
+    """A model's inference defaults (`LRM.infer_defaults`), without loading its weights where that can be helped:
+    read from a local or cached checkpoint's settings, or known from a released model's name. Other Hub models are
+    downloaded first. Raises like `load_model` when `source` cannot be found."""
+    path = _local(source) or _cached(source)
+    if path is None:
+        name = str(source).strip()
+        first = _first_release_file(name)
+        release = RELEASES.get(first.removesuffix(".pth") if first else name) or RELEASES.get(f"{HUB_OWNER}/{name}")
+        if release is not None:
+            return released_defaults(*release)
+        path = resolve(source)
+    ckpt = read_checkpoint(path, weights=False)
+    return infer_defaults_for(ckpt.config, ckpt.infer, ckpt.release)
 
 
 # ----------------------------------------------------------------------------------------------------------------

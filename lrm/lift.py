@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .camera import project
+
 # Plane axes of the triplane field (lrm/renderer.py): plane 0 samples (x, y), 1 (x, z), 2 (z, y) as (u = width,
 # v = height); the third entry is the missing axis.
 PLANE_AXES = ((0, 1, 2), (0, 2, 1), (2, 1, 0))
@@ -37,25 +39,12 @@ def token_points(low_res: int, depth_samples: int, device=None) -> Tensor:
     return torch.stack(planes)
 
 
-def project(points: Tensor, camera: Tensor) -> Tensor:
-    """World points [N, ..., 3] -> normalised image coordinates [N, ..., 2] in [0, 1] for cameras [N, 16]."""
-    n = camera.shape[0]
-    c2w = camera[:, :12].reshape(n, 3, 4)
-    fx, fy, cx, cy = camera[:, 12:16].unbind(-1)
-    flat = points.reshape(n, -1, 3)
-    cam = torch.einsum("nij,npi->npj", c2w[:, :, :3], flat - c2w[:, None, :, 3])  # R^T (X - t), OpenGL axes
-    depth = (-cam[..., 2]).clamp_min(1e-4)  # OpenGL looks along -z
-    u = fx[:, None] * cam[..., 0] / depth + cx[:, None]
-    v = fy[:, None] * -cam[..., 1] / depth + cy[:, None]  # image rows grow downwards
-    return torch.stack([u, v], -1).reshape(*points.shape[:-1], 2)
-
-
 def lift_image(fmap: Tensor, camera: Tensor, res: int, depth_samples: int) -> Tensor:
     """A map [N, C, h, w] over the input image, sampled at the projections of each texel's points of an res x res
     triplane and averaged along the missing axis -> [N, 3*res*res, C] (zero outside the image)."""
     n = fmap.shape[0]
     points = token_points(res, depth_samples, fmap.device).to(fmap.dtype)
-    uv = project(points.expand(n, *points.shape), camera)  # (N, 3, r*r, K, 2)
+    uv, _ = project(points.expand(n, *points.shape), camera)  # [N, 3, r*r, K, 2]
     grid = (uv * 2 - 1).reshape(n, -1, depth_samples, 2)  # (N, 3*r*r, K, 2)
     sampled = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return sampled.mean(-1).transpose(1, 2)  # (N, 3*r*r, C)

@@ -5,7 +5,7 @@ Attribute names are the OpenLRM v1.1 state-dict names, so a v1.1 `model.safetens
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,7 @@ from .camera import get_rays
 from .config import InferDefaults, LRMConfig, infer_defaults_for
 from .encoder import ImageEncoder, encoder_spec
 from .lift import ColorLift, TriplaneLift
-from .renderer import RayBundle, TriplaneField, density_activation, render_rays, view_ray_limits
+from .renderer import RayBundle, TriplaneField, density_activation, random_draws, render_rays, view_ray_limits
 from .transformer import CameraEmbedder, TriplaneTransformer
 
 # Points per decoder call and samples per render chunk: bounds peak memory (about 1.5 KB per sample for C = 80).
@@ -22,7 +22,9 @@ POINT_CHUNK = 2 ** 20
 RENDER_CHUNK = 2 ** 18
 
 
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast dtype
 
 
 class LRM(nn.Module):
@@ -53,14 +55,14 @@ class LRM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.pos_embed.dtype
 
-    def forward_planes(self, image: Tensor, camera: Tensor, precision: str = "fp32") -> Tensor:
+    def forward_planes(self, image: Tensor, camera: Tensor, precision: Precision = "fp32") -> Tensor:
         """image [N, 3, S, S] in [0, 1] and conditioning camera [N, 16] -> planes [N, 3, C, 2h, 2w].
 
         precision="bf16" / "fp16" runs the encoder and transformer under autocast (tensor cores on a GPU, AMX on recent
         x86 CPUs); the planes come back in the model's dtype. "fp32" (default) is the reference's arithmetic.
         """
-        if precision not in AUTOCAST:
-            raise ValueError(f"precision must be one of {', '.join(AUTOCAST)}, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if AUTOCAST[precision] is None:
             return self._forward_planes(image, camera)
         with torch.autocast(self.device.type, dtype=AUTOCAST[precision]):
@@ -101,21 +103,17 @@ class LRM(nn.Module):
         return torch.cat(sigmas, 1), torch.cat(rgbs, 1)
 
     def render(self, planes: Tensor, cameras: Tensor, size: int, deterministic: bool = True, *,
-               mode: Literal["fast", "reference"] = "fast", fast=None, samples_per_ray: int | None = None,
-               background: float = 1.0, generator: torch.Generator | None = None, chunk: int = RENDER_CHUNK,
-               progress: Callable[[int, int], None] | None = None) -> dict[str, Tensor]:
-        """Volume-render planes [N, 3, C, H, W] from render cameras [N, M, 25] at size x size.
+               samples_per_ray: int | None = None, background: float = 1.0, generator: torch.Generator | None = None,
+               chunk: int = RENDER_CHUNK, progress: Callable[[int, int], None] | None = None) -> dict[str, Tensor]:
+        """Volume-render planes [N, 3, C, H, W] from render cameras [N, M, 25] at size x size, as OpenLRM does.
 
         deterministic=True (default) is RNG-free: no stratified jitter, evenly spaced importance samples.
         deterministic=False is the reference's stochastic sampler, drawing from `generator` (else torch's global
-        RNG) in the reference's order, one view at a time.
-        mode="fast" (default) skips empty space and hidden samples (lrm/fast.py; `fast` may pass a prepared
-        `FastField` for N = 1); mode="reference" evaluates every sample exactly as OpenLRM.
+        RNG) in the reference's order, one view at a time. Every sample is a decoder pass; `lrm.FastField` renders
+        the same pictures faster.
         Returns rgb [N, M, 3, H, W], depth [N, M, 1, H, W], weight [N, M, 1, H, W] (opacity).
         `progress(done, total)` is called after each view.
         """
-        if mode not in ("fast", "reference"):
-            raise ValueError(f"mode must be 'fast' or 'reference', got {mode!r}")
         n, m = cameras.shape[:2]
         if planes.shape[0] != n:
             raise ValueError(f"planes ({planes.shape[0]}) and cameras ({n}) have different batch sizes")
@@ -126,27 +124,12 @@ class LRM(nn.Module):
         depth_out = torch.empty(n, m, 1, size * size, dtype=planes.dtype, device=planes.device)
         weight_out = torch.empty_like(depth_out)
         for i in range(n):
-            origins, dirs = get_rays(cameras[i].to(planes.device, torch.float32), size, exact=mode == "reference")
-            if mode == "fast":
-                from .fast import FastField, render_view_fast
-                field = fast if fast is not None and n == 1 else FastField(self, planes[i:i + 1])
+            origins, dirs = get_rays(cameras[i].to(planes.device, torch.float32), size)
             for j in range(m):
                 near, far = view_ray_limits(origins[j], dirs[j])
                 rays = RayBundle(origins[j], dirs[j], near, far)
                 if not deterministic:
-                    # Drawn up front in the reference's order: the coarse jitter (`rand_like` of a depth-major
-                    # permuted tensor, hence filled depth-major), then the pdf's u.
-                    r = near.shape[0]
-                    rays.jitter = torch.rand(n_coarse, r, generator=generator, device=near.device).T
-                    rays.u = torch.rand(r, n_fine, generator=generator, device=near.device)
-                if mode == "fast":
-                    camera = cameras[i, j].to(planes.device, torch.float32)
-                    rgb, depth, weight = render_view_fast(field, camera, origins[j], dirs[j], size, n_coarse, n_fine,
-                                                          background, rays.jitter, rays.u)
-                    rgb_out[i, j], depth_out[i, j], weight_out[i, j] = rgb.T, depth.T, weight.T
-                    if progress is not None:
-                        progress(i * m + j + 1, n * m)
-                    continue
+                    rays.jitter, rays.u = random_draws(near.shape[0], n_coarse, n_fine, generator, near.device)
                 lo, hi = float("inf"), float("-inf")
                 for start in range(0, near.shape[0], rays_per_chunk):
                     part = rays.chunk(start, start + rays_per_chunk)
@@ -163,8 +146,3 @@ class LRM(nn.Module):
                     progress(i * m + j + 1, n * m)
         shape = (n, m, -1, size, size)
         return {"rgb": rgb_out.view(shape), "depth": depth_out.view(shape), "weight": weight_out.view(shape)}
-
-    def render_views(self, planes: Tensor, cameras: Tensor, size: int, **kwargs) -> dict[str, Tensor]:
-        """`render` for one plane set [1, 3, C, H, W] and cameras [M, 25] -> rgb [M, 3, H, W] etc."""
-        out = self.render(planes, cameras.unsqueeze(0), size, **kwargs)
-        return {k: v[0] for k, v in out.items()}

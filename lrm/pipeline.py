@@ -3,24 +3,80 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Callable, Iterator, Literal, get_args
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from .camera import source_camera
+from .config import InferDefaults
 from .fast import FastField
+from .field import ReferenceField
 from .mesh import MESH_FORMATS, export_mesh, extract_mesh
-from .model import LRM
+from .model import LRM, PRECISIONS, Precision
 from .preprocess import BackgroundRemover, ImageInput, image_to_tensor, load_image, preprocess
 from .video import render_video
 
 # progress(stage, fraction): stage is one of STAGES, fraction in [0, 1] within that stage.
 Progress = Callable[[str, float], None]
 STAGES = ("preprocess", "planes", "mesh", "video")
+
+Mode = Literal["fast", "reference"]
+MODES: tuple[str, ...] = get_args(Mode)
+# mode -> the field the mesh and the video are made from: OpenLRM's algorithms as they are, or the cached field
+FIELDS = {"fast": FastField, "reference": ReferenceField}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What one reconstruction job makes; the CLI, the app and the library all describe a job with it.
+
+    None means "the model's own setting" (`LRM.infer_defaults`), filled in by `for_model`.
+    """
+    remove_background: bool = True          # rembg, unless the image has an alpha channel already
+    foreground_ratio: float | None = None   # object size after recentring (0.85 for the released models)
+    source_distance: float | None = None    # conditioning camera distance (2.0, the reference's)
+    mesh_resolution: int | None = None      # marching-cubes grid (384 for the released models); 0: no mesh
+    threshold: float | None = None          # density level of the surface (3.0)
+    formats: tuple[str, ...] = MESH_FORMATS  # mesh files to write
+    video: bool = True                      # the orbit video
+    n_views: int = 100                      # its frames (OpenLRM's Gradio demo: 100 views at 25 fps)
+    fps: int = 25
+    video_size: int | None = None           # its frame size (the model's render size)
+    mode: Mode = "fast"                     # "reference": OpenLRM's exact, slow algorithms (lrm/fast.py says why)
+    precision: Precision = "fp32"           # autocast for the planes (`LRM.forward_planes`)
+
+    def __post_init__(self):
+        formats = tuple(dict.fromkeys(f.strip().lower().lstrip(".") for f in self.formats if f.strip()))
+        object.__setattr__(self, "formats", formats)
+        if unknown := sorted(set(formats) - set(MESH_FORMATS)):
+            raise ValueError(f"unknown mesh format(s) {unknown}; use {', '.join(MESH_FORMATS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.foreground_ratio is not None and not 0.1 <= self.foreground_ratio <= 1.0:
+            raise ValueError(f"foreground ratio must be in [0.1, 1], got {self.foreground_ratio}")
+        if self.source_distance is not None and not self.source_distance > 0:
+            raise ValueError(f"source distance must be positive, got {self.source_distance}")
+        if self.mesh_resolution is not None and (self.mesh_resolution < 0 or self.mesh_resolution == 1):
+            raise ValueError(f"mesh resolution must be 0 (no mesh) or at least 2, got {self.mesh_resolution}")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ValueError(f"the density threshold must be positive, got {self.threshold}")
+        if self.n_views < 1 or self.fps < 1:
+            raise ValueError(f"video views and fps must be at least 1, got {self.n_views} and {self.fps}")
+        if self.video_size is not None and (self.video_size < 2 or self.video_size % 2):
+            raise ValueError(f"video size must be even and at least 2 (H.264 yuv420p), got {self.video_size}")
+
+    def for_model(self, defaults: InferDefaults) -> "JobOptions":
+        """These options with every unset (None) value taken from a model's inference defaults."""
+        own = {"foreground_ratio": defaults.foreground_ratio, "source_distance": defaults.source_cam_dist,
+               "mesh_resolution": defaults.mesh_size, "threshold": defaults.mesh_threshold,
+               "video_size": defaults.render_size}
+        return replace(self, **{k: v for k, v in own.items() if getattr(self, k) is None})
 
 
 @dataclass
@@ -46,7 +102,9 @@ def _timed(timings: dict[str, float], stage: str):
     return _Timer()
 
 
-def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None, **options) -> Reconstruction:
+def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None,
+                options: JobOptions | None = None, *, name: str = "model", remover: BackgroundRemover | None = None,
+                preprocessed: bool = False, progress: Progress | None = None) -> Reconstruction:
     """Run the whole job on one image and return the finished `Reconstruction`.
 
     Args:
@@ -54,54 +112,34 @@ def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None
         image: a path, PIL image or uint8 array; with preprocessed=True, the output of `lrm.preprocess` (used as is).
         out_dir: where to write `<name>_input.png`, `<name>.{glb,obj,ply}` and `<name>.mp4`; None writes nothing
             (the mesh and planes are still returned).
-        **options: see `reconstruct_steps` (name, remove_background, foreground_ratio, source_distance,
-            mesh_resolution, threshold, formats, video, n_views, fps, video_size, remover, preprocessed, mode,
-            precision, progress).
+        options: what to make (`JobOptions`; default: `JobOptions()`, the model's own settings).
+        name: the output files' stem. remover: the background remover (default: rembg, one shared session).
+        progress: progress(stage, fraction) is called while working; stage is one of `STAGES`.
     Returns:
         `Reconstruction` with the preprocessed image, planes, mesh, written files and per-stage seconds.
     """
     result = None
-    for _, result in reconstruct_steps(model, image, out_dir, **options):
+    for _, result in reconstruct_steps(model, image, out_dir, options, name=name, remover=remover,
+                                       preprocessed=preprocessed, progress=progress):
         pass
     return result
 
 
-def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None = None, *, name: str = "model",
-                      remove_background: bool = True, foreground_ratio: float | None = None,
-                      source_distance: float = 2.0,
-                      mesh_resolution: int | None = None, threshold: float | None = None,
-                      formats: Iterable[str] = MESH_FORMATS, video: bool = True, n_views: int = 100, fps: int = 25,
-                      video_size: int | None = None, remover: BackgroundRemover | None = None,
-                      preprocessed: bool = False, mode: Literal["fast", "reference"] = "fast",
-                      precision: str = "fp32", progress: Progress | None = None
-                      ) -> Iterator[tuple[str, Reconstruction]]:
+def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None = None,
+                      options: JobOptions | None = None, *, name: str = "model",
+                      remover: BackgroundRemover | None = None, preprocessed: bool = False,
+                      progress: Progress | None = None) -> Iterator[tuple[str, Reconstruction]]:
     """`reconstruct`, yielding (stage, partial result) after each finished stage, so callers can show the mesh
-    before the video is done.
-
-    foreground_ratio: the object's size after recentring (default: the model's; 0.85 for the released models, the
-    reference app's). mesh_resolution, threshold: marching-cubes grid and density level (default: the model's, 384 and
-    3.0);
-    mesh_resolution=0 skips the mesh. formats: mesh files to write (any of "glb", "obj", "ply"). video, n_views,
-    fps, video_size: the orbit video (default size: the model's render size). mode: "fast" (default) or "reference"
-    (OpenLRM's exact algorithms; see lrm/fast.py). precision: "fp32" (default), "bf16" or "fp16" autocast for the
-    planes (`LRM.forward_planes`). progress(stage, fraction) is called while working.
-    """
-    formats = [f.lower().lstrip(".") for f in formats]
-    unknown = sorted(set(formats) - set(MESH_FORMATS))
-    if unknown:
-        raise ValueError(f"unknown mesh format(s) {unknown}; use {', '.join(MESH_FORMATS)}")
+    before the video is done."""
+    job = (options or JobOptions()).for_model(model.infer_defaults)
     report = progress or (lambda stage, fraction: None)
-    defaults = model.infer_defaults
-    mesh_resolution = defaults.mesh_size if mesh_resolution is None else mesh_resolution
-    threshold = defaults.mesh_threshold if threshold is None else threshold
-    foreground_ratio = defaults.foreground_ratio if foreground_ratio is None else foreground_ratio
     out = Path(out_dir) if out_dir is not None else None
     result = Reconstruction(image=None, planes=None, mesh=None)
 
     report("preprocess", 0.0)
     with _timed(result.timings, "preprocess"):
         result.image = load_image(image) if preprocessed else preprocess(
-            image, remove_background=remove_background, foreground_ratio=foreground_ratio, remover=remover)
+            image, remove_background=job.remove_background, foreground_ratio=job.foreground_ratio, remover=remover)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         result.files["png"] = out / f"{name}_input.png"
@@ -111,30 +149,29 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
 
     report("planes", 0.0)
     with _timed(result.timings, "planes"), torch.inference_mode():
-        x = image_to_tensor(result.image, defaults.source_size)
-        result.planes = model.forward_planes(x, source_camera(source_distance), precision=precision)
+        x = image_to_tensor(result.image, model.infer_defaults.source_size)
+        result.planes = model.forward_planes(x, source_camera(job.source_distance), precision=job.precision)
     report("planes", 1.0)
     yield "planes", result
 
-    fast = None  # the coarse density pass, shared by the mesh and the video
-    if mesh_resolution:
+    prepared = None  # the field, made once and shared by the mesh and the video
+    if job.mesh_resolution:
         report("mesh", 0.0)
         with _timed(result.timings, "mesh"):
-            if mode == "fast":
-                fast = FastField(model, result.planes)
-            result.mesh = extract_mesh(model, result.planes, mesh_resolution, threshold, mode=mode, fast=fast,
+            prepared = FIELDS[job.mode](model, result.planes)
+            result.mesh = extract_mesh(prepared, job.mesh_resolution, job.threshold,
                                        progress=lambda done, total: report("mesh", 0.9 * done / total))
             if out is not None:
-                for fmt in formats:
+                for fmt in job.formats:
                     result.files[fmt] = export_mesh(result.mesh, out / f"{name}.{fmt}")
         report("mesh", 1.0)
         yield "mesh", result
 
-    if video and out is not None:
+    if job.video and out is not None:
         report("video", 0.0)
         with _timed(result.timings, "video"):
-            result.files["mp4"] = render_video(model, result.planes, out / f"{name}.mp4", n_views, fps, video_size,
-                                               mode=mode, fast=fast,
+            prepared = prepared or FIELDS[job.mode](model, result.planes)
+            result.files["mp4"] = render_video(prepared, out / f"{name}.mp4", job.n_views, job.fps, job.video_size,
                                                progress=lambda done, total: report("video", done / total))
         report("video", 1.0)
         yield "video", result

@@ -101,14 +101,27 @@ def ray_box_limits(origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def view_ray_limits(origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
-    """`ray_box_limits` for all rays of one view [R, 3]; rays that miss the box get the reference's stand-in
+    """`ray_box_limits` for all rays of one view [R, 3], with `stand_in_limits` for the rays that miss the box."""
+    return stand_in_limits(*ray_box_limits(origins, dirs))
+
+
+def stand_in_limits(near: Tensor, far: Tensor) -> tuple[Tensor, Tensor]:
+    """Box limits [R, 1] of one view's rays -> the same, where the rays that miss the box get the reference's stand-in
     interval [min(valid near), max(valid near)] (sic: the far end is the largest *near* distance)."""
-    near, far = ray_box_limits(origins, dirs)
     valid = far > near
     if valid.any():
         near = torch.where(valid, near, near[valid].min())
         far = torch.where(valid, far, near[valid].max())
     return near, far
+
+
+def random_draws(rays: int, n_coarse: int, n_fine: int, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """The reference's stochastic sampler's random numbers for one view of R rays, drawn up front in its order: the
+    coarse jitter [R, n_coarse] (`rand_like` of a depth-major permuted tensor, hence filled depth-major), then the
+    pdf's u [R, n_fine]."""
+    jitter = torch.rand(n_coarse, rays, generator=generator, device=device).T
+    return jitter, torch.rand(rays, n_fine, generator=generator, device=device)
 
 
 def stratified_depths(near: Tensor, far: Tensor, n: int, jitter: Tensor | None = None) -> Tensor:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from .camera import orbit_cameras
-from .model import LRM
+from .field import Field, Progress
 
 
 def video_cameras(n_views: int, radius: float = 2.0, height: float = 0.8) -> Tensor:
@@ -27,38 +25,33 @@ def to_uint8(rgb: Tensor) -> np.ndarray:
     return (rgb.permute(0, 2, 3, 1).float().cpu().numpy() * 255).astype(np.uint8)
 
 
-def render_video(model: LRM, planes: Tensor, path: str | Path, n_views: int = 100, fps: int = 25,
-                 size: int | None = None, *, mode: Literal["fast", "reference"] = "fast", fast=None,
-                 batch_views: int = 4, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Render `n_views` frames of the orbit at size x size (default: the model's render size) into an MP4.
+def render_video(field: Field, path: str | Path, n_views: int = 100, fps: int = 25, size: int | None = None, *,
+                 batch_views: int = 4, progress: Progress | None = None) -> Path:
+    """Render `n_views` frames of the orbit of a field (`lrm.FastField` or `lrm.ReferenceField`) at size x size
+    (default: the model's render size) into an MP4.
 
-    mode / fast: as `LRM.render` (deterministic sampling either way). Frames are rendered `batch_views` at a time and
-    streamed to the encoder, so memory does not grow with n_views. `progress(done, total)` is called after each frame.
+    Deterministic sampling. Frames are rendered `batch_views` at a time and streamed to the encoder, so memory does
+    not grow with n_views. `progress(done, total)` is called after each frame.
     """
     import imageio.v2 as imageio
 
-    size = size or model.infer_defaults.render_size
+    size = size or field.infer_defaults.render_size
     if size % 2:
         raise ValueError(f"video frame size must be even for H.264 yuv420p, got {size}")
     if n_views < 1 or fps < 1:
         raise ValueError(f"n_views and fps must be positive, got {n_views} and {fps}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cameras = video_cameras(n_views).to(planes.device)
-    if mode == "fast" and fast is None:
-        from .fast import FastField
-        fast = FastField(model, planes)
+    cameras = video_cameras(n_views)
     writer = imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", quality=8,
                                 macro_block_size=2, ffmpeg_log_level="error",
                                 ffmpeg_params=["-movflags", "+faststart"])
     try:
-        with torch.inference_mode():
-            for start in range(0, n_views, batch_views):
-                views = cameras[start:start + batch_views]
-                report = None if progress is None else (lambda done, _, s=start: progress(s + done, n_views))
-                rgb = model.render_views(planes, views, size, mode=mode, fast=fast, progress=report)["rgb"]
-                for frame in to_uint8(rgb):
-                    writer.append_data(frame)
+        for start in range(0, n_views, batch_views):
+            report = None if progress is None else (lambda done, _, s=start: progress(s + done, n_views))
+            rgb = field.render(cameras[start:start + batch_views], size, progress=report)["rgb"]
+            for frame in to_uint8(rgb):
+                writer.append_data(frame)
     finally:
         writer.close()
     return path

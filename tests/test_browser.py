@@ -16,6 +16,7 @@ import trimesh
 from PIL import Image
 
 import app
+import lrm
 
 from conftest import REFCHECK
 
@@ -34,7 +35,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     sessions = app.Sessions(tmp_path_factory.mktemp("sessions"))
-    demo = app.build_demo([TINY], "cpu", defaults=app.Defaults(mesh_resolution=64, views=VIEWS, fps=FPS),
+    demo = app.build_demo([TINY], "cpu", defaults=lrm.JobOptions(mesh_resolution=64, n_views=VIEWS, fps=FPS),
                           cache_examples=False, sessions=sessions)
     demo.queue(default_concurrency_limit=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lrm
-from lrm.eval import evaluate
+from lrm.train.eval import evaluate
 from lrm.hub import DEMO_MODEL, DEMO_MODEL_DIR
 from lrm.train.data import FOREGROUND_RATIO
 from lrm.train.trainer import PRESETS
@@ -40,8 +40,8 @@ def test_demo_model_reconstructs_held_out_objects(model):
 
 
 def test_demo_model_errors_add_up_to_its_iou(model):
-    """`lrm.eval --errors` accounts for every wrong voxel: IoU = (1 - missed) / (1 + extra) per object; and the model
-    keeps inside the input's silhouette."""
+    """`lrm.train.eval --errors` accounts for every wrong voxel: IoU = (1 - missed) / (1 + extra) per object; and the
+    model keeps inside the input's silhouette."""
     rows = evaluate(model, per_kind=1, unions=1, errors=True)["objects"]
     assert len(rows) == 8
     for r in rows:

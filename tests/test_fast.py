@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import lrm
-from lrm.fast import FastField, FieldCache, hit_mask, project_cells
-from lrm.mesh import extract_mesh, grid_points
+from lrm.camera import conditioning_cameras, project
+from lrm.fast import FastField, FieldCache, hit_mask
+from lrm.field import ReferenceField, grid_points
+from lrm.mesh import extract_mesh
 from lrm.train.data import make_shape
 from lrm.train.fit import fit_planes
 
@@ -52,23 +54,24 @@ def test_cache_holds_the_exact_field_at_its_vertices_and_interpolates_between():
 def test_fast_frames_match_reference_on_the_fixture_field():
     """A random fixture field is noise at the scale of its texels: the cache converges to it as it gets finer."""
     planes = torch.from_numpy(np.load(REFCHECK / "refcheck-tiny-1.1" / "out" / "intermediates.npz")["planes"])
-    cameras = lrm.orbit_cameras(6)[None]
-    with torch.no_grad():
-        ref = model().render(planes, cameras, 24, mode="reference")
-        scores = [psnr(model().render(planes, cameras, 24, mode="fast",
-                                      fast=FastField(model(), planes, resolution=res))["rgb"], ref["rgb"])
-                  for res in (32, 128)]
+    cameras = lrm.orbit_cameras(6)
+    ref = ReferenceField(model(), planes).render(cameras, 24)
+    scores = [psnr(FastField(model(), planes, resolution=res).render(cameras, 24)["rgb"], ref["rgb"])
+              for res in (32, 128)]
     assert scores[0] < scores[1] and scores[1] >= 40
 
 
 def test_fast_frames_match_reference_on_a_realistic_field():
     planes = fitted_planes()
-    cameras = lrm.orbit_cameras(5)[None]
+    cameras = lrm.orbit_cameras(5)
+    fields = ReferenceField(model(), planes), FastField(model(), planes)
+    ref, fast = (f.render(cameras, 48) for f in fields)
+    stochastic = [f.render(cameras[:1], 48, deterministic=False, generator=torch.Generator().manual_seed(3))["rgb"]
+                  for f in fields]
+    # the reference field is LRM.render, the reference renderer
     with torch.no_grad():
-        ref = model().render(planes, cameras, 48, mode="reference")
-        fast = model().render(planes, cameras, 48, mode="fast")
-        stochastic = [model().render(planes, cameras[:, :1], 48, deterministic=False, mode=mode,
-                                     generator=torch.Generator().manual_seed(3))["rgb"] for mode in ("reference", "fast")]
+        direct = model().render(planes, cameras[None], 48)
+    assert all(torch.equal(direct[k][0], ref[k]) for k in ref)
     assert ref["weight"].mean() > 0.05  # there is an object in view
     assert psnr(fast["rgb"], ref["rgb"]) >= 35
     assert (fast["weight"] - ref["weight"]).abs().mean() < 5e-3
@@ -81,19 +84,20 @@ def test_projection_inverts_the_rays():
     cameras = torch.cat([lrm.orbit_cameras(4), lrm.orbit_cameras(3, 1.5, 0.3)])
     origins, dirs = lrm.get_rays(cameras, 16)
     idx = torch.arange(16 * 16)
-    for camera, o, d in zip(cameras, origins, dirs):
-        rows, cols, z, _ = project_cells(camera, o + 1.3 * d, 16)
-        assert (rows - idx // 16).abs().max() < 1e-3 and (cols - idx % 16).abs().max() < 1e-3
-        assert (z > 0).all()
+    uv, z = project(origins + 1.3 * dirs, conditioning_cameras(cameras))  # [M, R, 2], [M, R]
+    rows, cols = uv[..., 1] * 16 - 0.5, uv[..., 0] * 16 - 0.5
+    assert (rows - idx // 16).abs().max() < 1e-3 and (cols - idx % 16).abs().max() < 1e-3
+    # depth along the optical axis: 1.3 times the cosine of each ray's angle to the axis
+    axis = -cameras[:, :16].view(-1, 4, 4)[:, :3, 2]  # OpenGL cameras look along -z
+    assert torch.allclose(z, 1.3 * (dirs * axis[:, None]).sum(-1), atol=1e-5)
 
 
 def test_hit_mask_keeps_every_ray_that_sees_something_and_skips_the_rest():
     planes = fitted_planes()
     fast = FastField(model(), planes)
     cameras = lrm.orbit_cameras(4)
-    with torch.no_grad():
-        ref = model().render(planes, cameras[None], 48, mode="reference")
-    for camera, weight in zip(cameras, ref["weight"][0]):
+    ref = ReferenceField(model(), planes).render(cameras, 48)
+    for camera, weight in zip(cameras, ref["weight"]):
         mask = hit_mask(fast, camera, 48)
         assert weight.reshape(-1)[~mask].max() < 1e-3  # nothing visible is left out
         assert mask.float().mean() < 0.8  # and the background is skipped
@@ -112,8 +116,7 @@ def test_fast_renderer_looks_up_colours_only_near_surfaces():
         counts["density" if volume.shape[1] == 1 else "color"] += len(xyz)
         return lookup(volume, xyz)
     fast.cache.lookup = counting
-    with torch.no_grad():
-        model().render(planes, lrm.orbit_cameras(1)[None], 48, mode="fast", fast=fast, samples_per_ray=16)
+    fast.render(lrm.orbit_cameras(1), 48, samples_per_ray=16)
     assert 0 < counts["density"] < 0.8 * 48 * 48 * 16  # background rays are not marched
     assert 0 < counts["color"] < 0.5 * counts["density"]
 
@@ -122,8 +125,8 @@ def test_fast_mesh_matches_reference():
     from scipy.spatial import cKDTree
     planes = fitted_planes()
     resolution = 96
-    ref = extract_mesh(model(), planes, resolution, 3.0, mode="reference")
-    fast = extract_mesh(model(), planes, resolution, 3.0, mode="fast")
+    ref = extract_mesh(ReferenceField(model(), planes), resolution, 3.0)
+    fast = extract_mesh(FastField(model(), planes), resolution, 3.0)
     voxel = 2 / (resolution - 1)
     d = 0.5 * (cKDTree(ref.vertices).query(fast.vertices)[0].mean() + cKDTree(fast.vertices).query(ref.vertices)[0].mean())
     assert d / voxel <= 0.5
@@ -131,9 +134,8 @@ def test_fast_mesh_matches_reference():
     assert np.abs(fast.visual.vertex_colors.astype(int).mean(0) - ref.visual.vertex_colors.astype(int).mean(0)).max() < 3
 
 
-def test_modes_are_validated():
+def test_a_field_takes_one_plane_set():
     planes = fitted_planes()
-    with pytest.raises(ValueError, match="mode"):
-        model().render(planes, lrm.orbit_cameras(1)[None], 8, mode="quick")
-    with pytest.raises(ValueError, match="mode"):
-        extract_mesh(model(), planes, 8, mode="quick")
+    for kind in (FastField, ReferenceField):
+        with pytest.raises(ValueError, match="one plane set"):
+            kind(model(), planes.expand(2, -1, -1, -1, -1))

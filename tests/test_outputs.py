@@ -14,8 +14,9 @@ import trimesh
 from PIL import Image
 
 import lrm
+from lrm.field import ReferenceField
 from lrm.mesh import WORLD_TO_GLTF, export_mesh, extract_mesh
-from lrm.pipeline import reconstruct
+from lrm.pipeline import JobOptions, reconstruct
 from lrm.preprocess import BackgroundRemover, ImageError, grabcut_foreground, preprocess
 from lrm.video import render_video, video_cameras
 
@@ -181,7 +182,7 @@ def test_ply_matches_reference_format(tmp_path):
     import json
     meta = json.loads((REFCHECK / "refcheck-tiny-1.1" / "out" / "meta.json").read_text())
     planes = torch.from_numpy(np.load(REFCHECK / "refcheck-tiny-1.1" / "out" / "intermediates.npz")["planes"])
-    mesh = extract_mesh(lrm.load_model(TINY), planes, meta["mesh_size"], meta["mesh_threshold"], mode="reference")
+    mesh = extract_mesh(ReferenceField(lrm.load_model(TINY), planes), meta["mesh_size"], meta["mesh_threshold"])
     path = export_mesh(mesh, tmp_path / "mesh.ply")
     ours, theirs = path.read_bytes(), (REFCHECK / "refcheck-tiny-1.1" / "out" / "mesh.ply").read_bytes()
     head = ours[: ours.index(b"end_header")].decode().strip().splitlines()
@@ -206,21 +207,22 @@ def video_info(path):
 def test_video_is_browser_playable_h264(tiny_model, tmp_path):
     planes = torch.from_numpy(np.load(REFCHECK / "refcheck-tiny-1.1" / "out" / "intermediates.npz")["planes"])
     calls = []
-    path = render_video(tiny_model, planes, tmp_path / "orbit.mp4", n_views=12, fps=10, size=48,
+    field = lrm.FastField(tiny_model, planes)
+    path = render_video(field, tmp_path / "orbit.mp4", n_views=12, fps=10, size=48,
                         progress=lambda done, total: calls.append((done, total)))
     codec, pix_fmt, w, h = video_info(path)
     assert (codec, pix_fmt, int(w), int(h)) == ("h264", "yuv420p", 48, 48)
     assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == 12
     assert calls[-1] == (12, 12) and len(calls) == 12
     # the frames are the renders of the orbit, in order (lossy codec on a noise-like random field: compare by PSNR)
-    renders = tiny_model.render_views(planes, video_cameras(12), 48)["rgb"].permute(0, 2, 3, 1).numpy() * 255
+    renders = field.render(video_cameras(12), 48)["rgb"].permute(0, 2, 3, 1).numpy() * 255
     reader = imageio.get_reader(path)
     for i in (0, 5):
         frame = reader.get_data(i).astype(float)
         psnr = [10 * np.log10(255 ** 2 / ((frame - r) ** 2).mean()) for r in renders]
         assert int(np.argmax(psnr)) == i and psnr[i] > 20
     with pytest.raises(ValueError, match="even"):
-        render_video(tiny_model, planes, tmp_path / "odd.mp4", n_views=2, size=47)
+        render_video(field, tmp_path / "odd.mp4", n_views=2, size=47)
 
 
 def test_video_orbit_has_no_duplicate_frame():
@@ -238,8 +240,8 @@ def test_video_orbit_has_no_duplicate_frame():
 
 def test_reconstruct_writes_everything_with_timings(tiny_model, tmp_path):
     stages = []
-    result = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", tmp_path, name="disc",
-                         mesh_resolution=24, n_views=4, video_size=32,
+    result = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", tmp_path,
+                         JobOptions(mesh_resolution=24, n_views=4, video_size=32), name="disc",
                          progress=lambda stage, fraction: stages.append((stage, fraction)))
     assert set(result.files) == {"png", "glb", "obj", "ply", "mp4"} and all(p.exists() for p in result.files.values())
     assert set(result.timings) == {"preprocess", "planes", "mesh", "video"}
@@ -247,8 +249,27 @@ def test_reconstruct_writes_everything_with_timings(tiny_model, tmp_path):
     assert all(0 <= f <= 1 for _, f in stages)
     assert result.planes.shape == (1, 3, 8, 16, 16) and len(result.mesh.vertices) > 0
     assert_centred(Image.open(result.files["png"]))  # a model that stores no ratio: the reference app's 0.85
-    nothing = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", None, mesh_resolution=0, video=False)
+    nothing = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", None,
+                          JobOptions(mesh_resolution=0, video=False))
     assert nothing.files == {} and nothing.mesh is None
+
+
+def test_job_options_are_checked_and_filled_from_the_model(tiny_model):
+    d = tiny_model.infer_defaults
+    job = JobOptions().for_model(d)
+    assert (job.foreground_ratio, job.source_distance, job.mesh_resolution, job.threshold, job.video_size) == \
+        (d.foreground_ratio, d.source_cam_dist, d.mesh_size, d.mesh_threshold, d.render_size)
+    own = JobOptions(foreground_ratio=0.7, mesh_resolution=0, threshold=5.0).for_model(d)
+    assert (own.foreground_ratio, own.mesh_resolution, own.threshold) == (0.7, 0, 5.0)
+    assert JobOptions(formats=(".GLB", "ply", " ", "glb")).formats == ("glb", "ply")
+    for bad, message in [({"formats": ("stl",)}, "mesh format"), ({"mode": "quick"}, "mode"),
+                         ({"precision": "int8"}, "precision"), ({"video_size": 0}, "video size"),
+                         ({"video_size": 47}, "even"), ({"mesh_resolution": 1}, "mesh resolution"),
+                         ({"mesh_resolution": -5}, "mesh resolution"), ({"n_views": 0}, "views"),
+                         ({"fps": 0}, "fps"), ({"foreground_ratio": 1.5}, "foreground ratio"),
+                         ({"source_distance": 0.0}, "source distance"), ({"threshold": -1.0}, "threshold")]:
+        with pytest.raises(ValueError, match=message):
+            JobOptions(**bad)
 
 
 def test_cli_processes_folder_and_reports_broken_input(tmp_path, capsys):
@@ -269,6 +290,10 @@ def test_cli_processes_folder_and_reports_broken_input(tmp_path, capsys):
             assert (tmp_path / "out" / f"{name}.{ext}").is_file()
         assert not (tmp_path / "out" / f"{name}.obj").exists()
     assert "2/3 done" in out.out
+    # not a terminal: one progress line per stage, no carriage-return bar updates
+    assert "\r" not in out.err
+    assert [line for line in out.err.splitlines() if line.startswith("good: ")] == [
+        "good: preprocess", "good: planes", "good: mesh", "good: video"]
 
 
 def test_cli_module_entry_point_and_model_error(tmp_path):

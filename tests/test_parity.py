@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 import lrm
-from lrm.mesh import density_grid, extract_mesh
+from lrm.field import ReferenceField, density_grid
+from lrm.mesh import extract_mesh
 
 from conftest import REFCHECK, REFCHECK_MODELS
 
@@ -97,7 +98,7 @@ def test_deterministic_frames(name, out, image):
     cameras = torch.from_numpy(ref["frames"]["cameras"])[None]
     with torch.no_grad():
         # A small chunk forces several ray chunks per view: chunking must not change the pictures.
-        frames = model(name).render(planes, cameras, ref["meta"]["render_size"], mode="reference", chunk=4096)
+        frames = model(name).render(planes, cameras, ref["meta"]["render_size"], chunk=4096)
     for key in ("rgb", "depth", "weight"):
         assert max_abs(frames[key][0], ref["frames"][f"{key}_det"]) <= 1e-3, key
 
@@ -113,12 +114,12 @@ def test_stochastic_frames_follow_the_reference_rng(name, out, image):
         for camera in cameras:
             generator = torch.Generator().manual_seed(ref["meta"]["render_seed"])
             frames.append(model(name).render(planes, camera[None, None], ref["meta"]["render_size"],
-                                             deterministic=False, mode="reference", generator=generator)["rgb"][0, 0])
+                                             deterministic=False, generator=generator)["rgb"][0, 0])
     assert max_abs(torch.stack(frames), ref["frames"]["rgb_seeded"]) <= 1e-3
     # and the stochastic sampler really is stochastic: another seed gives other pictures
     with torch.no_grad():
         other = model(name).render(planes, cameras[None, :1], ref["meta"]["render_size"], deterministic=False,
-                                   mode="reference", generator=torch.Generator().manual_seed(7))["rgb"][0, 0]
+                                   generator=torch.Generator().manual_seed(7))["rgb"][0, 0]
     assert max_abs(other, frames[0]) > 1e-3
 
 
@@ -127,8 +128,7 @@ def test_mesh(name, out, image):
     from scipy.spatial import cKDTree
     ref = case(name, out)
     planes = torch.from_numpy(ref["intermediates"]["planes"])
-    mesh = extract_mesh(model(name), planes, ref["meta"]["mesh_size"], float(ref["mesh"]["threshold"]),
-                        mode="reference")
+    mesh = extract_mesh(ReferenceField(model(name), planes), ref["meta"]["mesh_size"], float(ref["mesh"]["threshold"]))
     ref_v = ref["mesh"]["vertices"]
     assert abs(len(mesh.vertices) - len(ref_v)) <= 1e-3 * len(ref_v)
     dist, idx = cKDTree(ref_v).query(mesh.vertices)

@@ -8,7 +8,7 @@ import torch
 
 import lrm
 from lrm.hub import DEMO_MODEL
-from lrm.mesh import density_grid
+from lrm.field import density_grid
 from lrm.train.data import DataSpec, input_image, make_shape
 
 from conftest import psnr
@@ -32,7 +32,7 @@ def test_bf16_planes_give_the_same_pictures_and_mesh(planes):
     assert 0 < float((half - exact).norm() / exact.norm()) < 0.03  # autocast ran, and stayed close
     cameras = lrm.orbit_cameras(3)[None]
     with torch.inference_mode():
-        frames = [model.render(p, cameras, 64, mode="reference")["rgb"] for p in (exact, half)]
+        frames = [model.render(p, cameras, 64)["rgb"] for p in (exact, half)]
         grids = [density_grid(model, p, 48) > 3.0 for p in (exact, half)]
     assert psnr(frames[1], frames[0]) >= 35
     iou = float((grids[0] & grids[1]).sum() / (grids[0] | grids[1]).sum())

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lrm.camera import source_camera
-from lrm.eval import GRID
-from lrm.mesh import grid_coordinates
+from lrm.train.eval import GRID
+from lrm.field import grid_coordinates
 from lrm.train.data import HELD_OUT_SEED, make_shape
 from lrm.train.probe import (DepthProbe, depth_layers, evaluate_probe, fill, main, normal_view, probe_loss,
                              train_probe)

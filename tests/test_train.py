@@ -11,8 +11,8 @@ import torch
 
 import lrm
 import lrm.train.shapes
-from lrm.lift import project
-from lrm.mesh import grid_coordinates
+from lrm.camera import project
+from lrm.field import grid_coordinates
 from lrm.train.data import (FOREGROUND_RATIO, DataSpec, ShapeDataset, input_image, make_shape, placed_shape,
                             placement, placements_path, point_targets, ray_targets)
 from lrm.train.shapes import KINDS, Shape
@@ -42,7 +42,7 @@ def test_shapes_are_deterministic_and_framed():
         # and the input image is that view: the conditioning camera projects the object onto its pixels
         image = input_image(a, spec)
         surface = inside[a.sdf(inside) > -0.05]
-        uv = project(surface[None], lrm.source_camera())[0]
+        uv = project(surface[None], lrm.source_camera())[0][0]
         px = (uv * spec.image_size).long().clamp(0, spec.image_size - 1)
         assert (image[px[:, 1], px[:, 0]] < 250).any(-1).mean() > 0.97
     assert make_shape(1).kind != make_shape(2).kind or not torch.equal(make_shape(1).offset, make_shape(2).offset)
@@ -221,7 +221,7 @@ def test_density_calibration_keeps_the_surface():
 
 
 def test_tolerance_table_reads_iou_as_a_surface_error(tmp_path, capsys):
-    from lrm.eval import GRID, main as eval_main, tolerance_iou
+    from lrm.train.eval import GRID, main as eval_main, tolerance_iou
     sdf = grid_coordinates(GRID, 0, GRID ** 3).norm(dim=-1) - 0.5  # a sphere of radius 0.5
     d = 2 / (GRID - 1)
     grown, shrunk = tolerance_iou(sdf, 1.0)
@@ -238,7 +238,7 @@ def test_tolerance_table_reads_iou_as_a_surface_error(tmp_path, capsys):
 
 
 def test_error_breakdown_places_each_error_along_the_input_rays():
-    from lrm.eval import error_breakdown
+    from lrm.train.eval import error_breakdown
     points = grid_coordinates(40, 0, 40 ** 3)
     x, y, z = points.unbind(-1)
     true = (points.norm(dim=-1) < 0.5).numpy()  # a sphere; the input camera looks along +y from y = -2

@@ -19,8 +19,8 @@ import torch
 
 import lrm
 
-from ..eval import novel_view_psnr, object_planes
-from ..hub import read_checkpoint, save_pretrained
+from .eval import novel_view_psnr, object_planes
+from ..hub import model_from_checkpoint, read_checkpoint, save_pretrained
 from .data import DataSpec, make_shape
 from .trainer import OCCUPANCY_OFFSET
 
@@ -65,15 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects", type=int, default=24, help="training objects (seeds 0..N-1) to choose k on")
     p.add_argument("--device", default="cpu", help='"cpu" or "cuda"')
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     model = lrm.load_model(args.run, args.device)
     scores = choose_sharpness(model, list(range(args.objects)))
     for k, psnr in scores.items():
         print(f"k = {k:>5g}: novel-view PSNR {psnr:.2f} dB on {args.objects} training objects")
     best = max(scores, key=scores.get)
     ckpt = read_checkpoint(args.run)
-    calibrated = lrm.LRM(sharpen(ckpt.config, best))
-    calibrated.load_state_dict(ckpt.state_dict, strict=True)
+    calibrated = model_from_checkpoint(dataclasses.replace(ckpt, config=sharpen(ckpt.config, best)))
     out = save_pretrained(calibrated, args.out, infer=ckpt.infer)
     print(f"k = {best:g} written to {out}")
     return 0

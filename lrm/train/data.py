@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..camera import get_rays, look_at_origin, render_cameras, source_camera
+from ..camera import get_rays, look_at_origin, render_cameras, source_camera, sphere_positions
 from .shapes import Shape, source_view_camera
 
 HELD_OUT_SEED = 10_000_000  # evaluation seeds start here; training seeds stay below
@@ -119,10 +119,7 @@ def build_image_cache(seeds: list[int], spec: DataSpec, path: Path,
 def random_view_camera(rng: np.random.Generator, distance: float = 2.0) -> Tensor:
     """A render camera [25] on a sphere around the object, elevation between -15 and 50 degrees."""
     azimuth, elevation = rng.uniform(0, 2 * math.pi), rng.uniform(math.radians(-15), math.radians(50))
-    pos = torch.tensor([[distance * math.cos(elevation) * math.sin(azimuth),
-                         -distance * math.cos(elevation) * math.cos(azimuth),
-                         distance * math.sin(elevation)]], dtype=torch.float32)
-    return render_cameras(look_at_origin(pos))[0]
+    return render_cameras(look_at_origin(sphere_positions([azimuth], [elevation], distance)))[0]
 
 
 def point_targets(shape: Shape, spec: DataSpec, rng: np.random.Generator) -> dict[str, Tensor]:

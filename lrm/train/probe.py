@@ -1,10 +1,11 @@
 """`python -m lrm.train.probe`: how much depth do the input pictures show? A dense depth probe with no LRM in it.
 
-A small convolutional encoder-decoder learns, from the training protocol's input views, what `lrm.eval --errors` says
-an LRM gets wrong: for each pixel of the input view, whether its ray hits the object and where it first enters and
-last leaves it (`depth_layers`). Its 3D guess fills every 64³ voxel between the predicted entry and exit of its
-pixel's ray (`fill`), scored like `lrm.eval` (IoU at 64³) on the same held-out objects. The exact layers fill to an
-IoU of ~0.95, so the probe's IoU says what a network trained for minutes reads from the pictures, whatever the LRM.
+A small convolutional encoder-decoder learns, from the training protocol's input views, what
+`lrm.train.eval --errors` says an LRM gets wrong: for each pixel of the input view, whether its ray hits the object and
+where it first enters and last leaves it (`depth_layers`). Its 3D guess fills every 64³ voxel between the predicted
+entry and exit of its pixel's ray (`fill`), scored like `lrm.train.eval` (IoU at 64³) on the same held-out objects.
+The exact layers fill to an IoU of ~0.95, so the probe's IoU says what a network trained for minutes reads from the
+pictures, whatever the LRM.
 `--input normals` gives it each object's normal map instead (an oracle: no camera takes those).
 """
 
@@ -23,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..camera import get_rays, source_camera
-from ..eval import GRID, held_out_objects, ray_bins, summarize
-from ..mesh import grid_coordinates
+from .eval import GRID, held_out_objects, ray_bins, summarize
+from ..field import grid_coordinates
 from ..renderer import ray_box_limits
 from .data import (DataSpec, build_image_cache, cache_is_current, input_image, make_shape, parallel_map,
                    placed_shape)
@@ -143,7 +144,7 @@ def _cached(path: Path, worker, jobs: list, workers: int, desc: str) -> np.ndarr
 @torch.inference_mode()
 def evaluate_probe(model: DepthProbe, inputs: str = "views", per_kind: int = 6, unions: int = 20,
                    spec: DataSpec | None = None) -> dict:
-    """IoU @ 64³ of the probe's filled rays and its depth L1 on `lrm.eval`'s held-out objects."""
+    """IoU @ 64³ of the probe's filled rays and its depth L1 on `lrm.train.eval`'s held-out objects."""
     spec = spec or DataSpec()
     points, camera = grid_coordinates(GRID, 0, GRID ** 3), source_camera(2.0)
     model.eval()

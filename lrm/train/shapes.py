@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..camera import FOCAL, get_rays, look_at_origin, render_cameras, source_camera
-from ..lift import project
-from ..mesh import grid_coordinates
+from ..camera import FOCAL, get_rays, look_at_origin, project, render_cameras, source_camera, sphere_positions
+from ..field import grid_coordinates
+from ..renderer import ray_box_limits
 
 KINDS = ("sphere", "box", "rounded_box", "cylinder", "cone", "torus", "capsule")
 LIGHT = F.normalize(torch.tensor([-0.45, -0.8, 0.6]), dim=0)  # from the front-left, above
@@ -172,7 +172,7 @@ class Shape:
         scale, offset = base.scale, base.offset.clone()
         for _ in range(iterations):
             p = (q - offset) / scale
-            uv = project(p[None], camera)[0]
+            uv = project(p[None], camera)[0][0]
             lo, hi = uv.min(0).values, uv.max(0).values
             depth = float(p[:, 1].max() - p[:, 1].min())
             zoom = min(ratio / float((hi - lo).max()), max_depth / depth, BOX / float(p[:, [0, 2]].abs().max()))
@@ -236,7 +236,6 @@ class Shape:
 
     def trace(self, origins: Tensor, dirs: Tensor, steps: int = 64) -> tuple[Tensor, Tensor]:
         """Sphere tracing of rays [R, 3] -> colour on white [R, 3], hit mask [R]. Rays start at the [-1, 1]^3 box."""
-        from ..renderer import ray_box_limits
         near, far = ray_box_limits(origins, dirs)
         t, hit = self.march(origins, dirs, near[:, 0].clamp_min(0), far[:, 0], steps)
         rgb = torch.ones_like(origins)
@@ -255,10 +254,7 @@ class Shape:
 def source_view_camera(distance: float = 2.0, azimuth: float = 0.0, elevation: float = 0.0) -> tuple[Tensor, Tensor]:
     """A camera looking at the origin from `distance`; azimuth/elevation (radians) 0 is OpenLRM's canonical input
     camera on -y. Returns (conditioning camera [16], render camera [25])."""
-    pos = torch.tensor([[distance * math.cos(elevation) * math.sin(azimuth),
-                         -distance * math.cos(elevation) * math.cos(azimuth),
-                         distance * math.sin(elevation)]], dtype=torch.float32)
-    c2w = look_at_origin(pos)
+    c2w = look_at_origin(sphere_positions([azimuth], [elevation], distance))
     render = render_cameras(c2w)[0]
     cond = torch.cat([c2w[0].reshape(12), source_camera(distance)[0, 12:]])
     return cond, render

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import LRMConfig
-from ..hub import read_checkpoint, save_pretrained
+from ..hub import model_from_checkpoint, read_checkpoint, save_pretrained
 from ..model import LRM
 from ..renderer import RayBundle, render_rays, view_ray_limits
 from .data import FOREGROUND_RATIO, DataSpec, ShapeDataset, build_image_cache
@@ -188,9 +188,7 @@ def train(cfg: TrainConfig) -> Path:
 
     state_path = out / "trainer_state.pt"
     if state_path.exists():  # resume: weights from the release-format checkpoint, the rest from trainer_state.pt
-        ckpt = read_checkpoint(out)
-        model = LRM(ckpt.config)
-        model.load_state_dict(ckpt.state_dict, strict=True)
+        model = model_from_checkpoint(read_checkpoint(out)).requires_grad_(True)
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     else:
         model = LRM(LRMConfig.from_dict(preset["model"] | cfg.model))

@@ -1,4 +1,4 @@
-"""`python -m lrm.eval MODEL`: quality on held-out procedural objects (seeds never trained on).
+"""`python -m lrm.train.eval MODEL`: quality on held-out procedural objects (seeds never trained on).
 
 Metrics per object, with the training protocol's canonical input camera and world frame: volume IoU of the occupancy
 (density > 3.0) on a 64³ grid, Chamfer distance between the predicted and true surfaces (mean of both directions, in
@@ -25,11 +25,10 @@ import torch
 
 import lrm
 
-from .camera import look_at_origin, render_cameras, source_camera
-from .lift import project
-from .mesh import density_grid, grid_coordinates
-from .train.data import HELD_OUT_SEED, DataSpec, input_image, make_shape
-from .train.shapes import KINDS
+from ..camera import look_at_origin, project, render_cameras, source_camera, sphere_positions
+from ..field import ReferenceField, density_grid, grid_coordinates
+from .data import HELD_OUT_SEED, DataSpec, input_image, make_shape
+from .shapes import KINDS
 
 GRID = 64
 THRESHOLD = 3.0
@@ -37,11 +36,9 @@ THRESHOLD = 3.0
 
 def novel_cameras() -> torch.Tensor:
     """Four views the input never shows: side, back, other side, and from above-front."""
-    views = [(90, 15), (180, 15), (270, 15), (30, 55)]
-    pos = torch.tensor([[2 * math.cos(math.radians(e)) * math.sin(math.radians(a)),
-                         -2 * math.cos(math.radians(e)) * math.cos(math.radians(a)),
-                         2 * math.sin(math.radians(e))] for a, e in views], dtype=torch.float32)
-    return render_cameras(look_at_origin(pos))
+    views = ((90, 15), (180, 15), (270, 15), (30, 55))  # (azimuth, elevation) in degrees
+    azimuth, elevation = zip(*[(math.radians(a), math.radians(e)) for a, e in views])
+    return render_cameras(look_at_origin(sphere_positions(azimuth, elevation, 2.0)))
 
 
 def _surface_points(volume: np.ndarray, level: float, n: int, rng: np.random.Generator) -> np.ndarray | None:
@@ -77,7 +74,7 @@ def ray_bins(points: torch.Tensor, camera: torch.Tensor, pixels: int) -> tuple[n
     """For points [P, 3] and the conditioning camera [1, 16]: the flat index (row * pixels + column) of the pixel of a
     pixels² grid over the view that each point projects into (clamped to the frame), and its distance from the camera
     centre [P]."""
-    uv = project(points[None], camera)[0].numpy()
+    uv = project(points[None], camera)[0][0].numpy()
     pix = np.clip((uv * pixels).astype(np.int64), 0, pixels - 1)
     c2w = camera[0, :12].reshape(3, 4).numpy()
     return pix[:, 1] * pixels + pix[:, 0], np.linalg.norm(points.numpy() - c2w[:, 3], axis=1)
@@ -132,7 +129,7 @@ def novel_view_psnr(model: lrm.LRM, planes: torch.Tensor, shape, view_size: int 
     """Mean PSNR (dB) of the model's renders of `novel_cameras()` against the true object on white."""
     cams = novel_cameras()
     # the reference renderer: an exact metric, independent of the fast path
-    rendered = model.render_views(planes, cams, view_size, mode="reference")["rgb"].float().cpu().clamp(0, 1)
+    rendered = ReferenceField(model, planes).render(cams, view_size)["rgb"].float().cpu().clamp(0, 1)
     truth, _ = shape.render(cams, view_size)
     mse = ((rendered - truth) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
     return float((10 * torch.log10(1 / mse)).mean())
@@ -222,7 +219,7 @@ def format_table(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lrm.eval", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m lrm.train.eval", description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", help="checkpoints (folders / files / repo ids) to evaluate")
     p.add_argument("--per-kind", type=int, default=4, help="held-out single-primitive objects per kind")
     p.add_argument("--unions", type=int, default=12, help="held-out multi-primitive objects")
@@ -235,7 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.models and not args.tolerance:
         p.error("give at least one model to evaluate (or --tolerance)")
-    torch.set_grad_enabled(False)
     results, tolerance = {}, None
     if args.tolerance:
         tolerance = tolerance_table(args.per_kind, args.unions)
