@@ -7,10 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from .hub import DEFAULT_MODEL
+import torch
+
+from .hub import DEFAULT_MODEL, load_model_or_demo
 from .mesh import MESH_FORMATS
 from .model import PRECISIONS
-from .pipeline import MODES, STAGES, JobOptions
+from .pipeline import MODES, STAGES, JobOptions, reconstruct
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"}
 JOB = JobOptions()  # the defaults
@@ -110,11 +112,6 @@ class StageLog:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
-    import lrm
-    from lrm.pipeline import reconstruct
-
     try:
         options = job_options(args)
     except ValueError as err:
@@ -130,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        model, note = lrm.load_model_or_demo(args.model, device=args.device)
+        model, note = load_model_or_demo(args.model, device=args.device)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: cannot load model {args.model!r}: {err}", file=sys.stderr)
         return 2

@@ -54,7 +54,7 @@ def render_cameras(cam2world: Tensor) -> Tensor:
     """cam2world [M, 3, 4] -> render cameras [M, 25] with the default intrinsics."""
     m = cam2world.shape[0]
     bottom = torch.tensor([[[0, 0, 0, 1]]], dtype=cam2world.dtype).repeat(m, 1, 1)
-    c2w = torch.cat([cam2world, bottom], dim=1)  # (M, 4, 4)
+    c2w = torch.cat([cam2world, bottom], dim=1)  # [M, 4, 4]
     k = torch.tensor([[FOCAL, 0, PRINCIPAL], [0, FOCAL, PRINCIPAL], [0, 0, 1]], dtype=cam2world.dtype)
     return torch.cat([c2w.reshape(m, 16), k.reshape(1, 9).repeat(m, 1)], dim=-1)
 
@@ -118,15 +118,15 @@ def get_rays(cameras: Tensor, size: int, exact: bool = True) -> tuple[Tensor, Te
     idx = torch.arange(size, dtype=torch.float32, device=cameras.device)
     rows, cols = torch.meshgrid(idx, idx, indexing="ij")
     res = torch.full((m, 1), float(size), device=cameras.device)  # v1.1 passes the resolution as a float tensor
-    x_cam = cols.reshape(1, -1) * (1.0 / res) + (0.5 / res)  # (M, R)
+    x_cam = cols.reshape(1, -1) * (1.0 / res) + (0.5 / res)  # [M, R]
     y_cam = rows.reshape(1, -1) * (1.0 / res) + (0.5 / res)
     z_cam = torch.ones_like(x_cam)
     x_lift = (x_cam - cx + cy * sk / fy - sk * y_cam / fy) / fx * z_cam
     y_lift = (y_cam - cy) / fy * z_cam
-    points = torch.stack([x_lift, y_lift, z_cam, torch.ones_like(z_cam)], dim=-1)  # (M, R, 4), OpenCV camera axes
+    points = torch.stack([x_lift, y_lift, z_cam, torch.ones_like(z_cam)], dim=-1)  # [M, R, 4], OpenCV camera axes
     opencv_to_gl = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], device=cameras.device)).expand(m, 4, 4)
     c2w = torch.bmm(c2w, opencv_to_gl)
-    world = torch.bmm(c2w, points.transpose(1, 2)).transpose(1, 2)[..., :3]  # (M, R, 3)
+    world = torch.bmm(c2w, points.transpose(1, 2)).transpose(1, 2)[..., :3]  # [M, R, 3]
     origins = c2w[:, None, :3, 3]
     if exact:  # the reference's F.normalize on this strided tensor: bit for bit, but a slow reduction
         dirs = F.normalize(world - origins, dim=-1)

@@ -2,7 +2,7 @@
 
 No backbone weights are downloaded: the LRM checkpoint holds them. Parameter names follow the released checkpoints
 (`encoder.model.*`): the DINOv2 names of facebookresearch/dinov2 and the transformers-4.x `ViTModel` names for DINO.
-Both encoders take an image [N, 3, S, S] in [0, 1] and return tokens [N, L, C] (CLS first, registers dropped).
+Both encoders take an image [N, 3, H, W] in [0, 1] and return tokens [N, L, C] (CLS first, registers dropped).
 """
 
 from __future__ import annotations
@@ -100,11 +100,11 @@ def encoder_spec(encoder_type: str, model_name: str, feat_dim: int) -> EncoderSp
 def multihead_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     """Multi-head softmax(q kᵀ / sqrt(d)) v on [N, L, D] inputs."""
     n, lq, d = q.shape
-    q = q.view(n, lq, heads, d // heads).transpose(1, 2)  # (N, h, Lq, d/h)
+    q = q.view(n, lq, heads, d // heads).transpose(1, 2)  # [N, h, Lq, d/h]
     k = k.view(n, k.shape[1], heads, d // heads).transpose(1, 2)
     v = v.view(n, v.shape[1], heads, d // heads).transpose(1, 2)
     out = F.scaled_dot_product_attention(q, k, v)
-    return out.transpose(1, 2).reshape(n, lq, d)  # (N, Lq, D)
+    return out.transpose(1, 2).reshape(n, lq, d)  # [N, Lq, D]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ class _PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.stem is not None:
             x = self.stem(x)
-        return self.proj(x).flatten(2).transpose(1, 2)  # (N, h*w, C)
+        return self.proj(x).flatten(2).transpose(1, 2)  # [N, h*w, C]
 
 
 def resize_pos_embed(pos: Tensor, spec: EncoderSpec, h: int, w: int) -> Tensor:
@@ -223,7 +223,7 @@ class Dinov2ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        return torch.cat([x[:, :1], x[:, 1 + self.spec.registers:]], dim=1)  # (N, 1 + h*w, C)
+        return torch.cat([x[:, :1], x[:, 1 + self.spec.registers:]], dim=1)  # [N, 1 + h*w, C]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -303,12 +303,12 @@ class DinoViT(nn.Module):
         n, _, h, w = image.shape
         # ViTImageProcessor of facebook/dino-vitb16 (do_rescale/do_resize off): mean = std = 0.5, not ImageNet's.
         x = (image - 0.5) / 0.5
-        x = self.embeddings.patch_embeddings.projection(x).flatten(2).transpose(1, 2)  # (N, h*w, C)
+        x = self.embeddings.patch_embeddings.projection(x).flatten(2).transpose(1, 2)  # [N, h*w, C]
         x = torch.cat([self.embeddings.cls_token.expand(n, -1, -1), x], dim=1)
         x = x + resize_pos_embed(self.embeddings.position_embeddings, self.spec, h, w)
         for layer in self.encoder.layer:
             x = layer(x)
-        return self.layernorm(x)  # last_hidden_state (N, 1 + h*w, C)
+        return self.layernorm(x)  # last_hidden_state [N, 1 + h*w, C]
 
 
 class ImageEncoder(nn.Module):
@@ -320,7 +320,7 @@ class ImageEncoder(nn.Module):
         self.model = Dinov2ViT(spec) if spec.family == "dinov2" else DinoViT(spec)
 
     def forward(self, image: Tensor) -> Tensor:
-        """image [N, 3, S, S] in [0, 1] -> tokens [N, L, C]; S must be a multiple of the patch size."""
+        """image [N, 3, H, W] in [0, 1] -> tokens [N, L, C]; H and W must be multiples of the patch size."""
         if image.shape[-1] % self.spec.patch or image.shape[-2] % self.spec.patch:
             raise ValueError(f"image size {tuple(image.shape[-2:])} must be a multiple of the encoder patch size "
                              f"{self.spec.patch}")

@@ -1,7 +1,7 @@
 """The fast path: the reference's algorithms on a cached copy of the field, evaluated only where it matters.
 
 One coarse pass (the field's raw density on a G³ grid, 64 by default) marks the occupied part of [-1, 1]³. The field
-(raw density and colour) is then evaluated exactly, once, at the vertices of a finer R³ grid (twice the plane
+(raw density and colour) is then evaluated exactly, once, at the vertices of a finer grid (G twice the plane
 resolution: 128 for the released models) in and around the occupied cells; elsewhere the coarse pass stands in.
 That cache replaces the decoder:
 - video: the reference's sampling is kept (48 stratified + 48 importance samples per ray, the same positions, the
@@ -46,7 +46,7 @@ class Occupancy:
 
     @classmethod
     def from_grid(cls, grid: Tensor) -> "Occupancy":
-        cell_max = F.max_pool3d(grid[None, None].float(), 2, 1)  # (1, 1, G-1, G-1, G-1)
+        cell_max = F.max_pool3d(grid[None, None].float(), 2, 1)  # [1, 1, G-1, G-1, G-1]
         core = cell_max > EMPTY_DENSITY
         return cls(cell_max[0, 0], core[0, 0], F.max_pool3d(core.float(), 3, 1, padding=1)[0, 0] > 0)
 
@@ -63,7 +63,7 @@ class Occupancy:
         return self.occupied.shape[0]
 
     def vertices_near(self, resolution: int) -> Tensor:
-        """Vertices of the R³ grid [R, R, R] (axes x, y, z) whose coarse cell or a neighbour of it is occupied.
+        """Vertices of the G³ grid [G, G, G] (axes x, y, z) whose coarse cell or a neighbour of it is occupied.
 
         Every cache cell that overlaps an occupied coarse cell has all 8 corners in such cells, so trilinear lookups
         anywhere in occupied space use exact values only.
@@ -75,7 +75,7 @@ class Occupancy:
 
 
 def field_at_vertices(model, planes: Tensor, resolution: int, idx: Tensor, chunk: int = POINT_CHUNK) -> Tensor:
-    """The decoder at the vertices idx [P] of the R³ grid (flat, axes x, y, z) -> raw density and rgb [P, 4]."""
+    """The decoder at the vertices idx [P] of the G³ grid (flat, axes x, y, z) -> raw density and rgb [P, 4]."""
     out = planes.new_empty(len(idx), 4, dtype=torch.float32)
     for start in range(0, len(idx), chunk):
         part = idx[start:start + chunk]
@@ -85,9 +85,9 @@ def field_at_vertices(model, planes: Tensor, resolution: int, idx: Tensor, chunk
 
 
 class FieldCache:
-    """Raw density and colour on an R³ grid of [-1, 1]³, looked up trilinearly.
+    """Raw density and colour on a G³ grid of [-1, 1]³, looked up trilinearly.
 
-    Volumes [1, 1 | 3, R, R, R] with axes (z, y, x), as grid_sample indexes them; density and colour apart, because
+    Volumes [1, 1 | 3, G, G, G] with axes (z, y, x), as grid_sample indexes them; density and colour apart, because
     the 3-D CPU lookup costs about 20 ns per channel and most samples need the density only.
     """
 
@@ -109,18 +109,18 @@ class FieldCache:
                                     align_corners=True).reshape(-1)
         idx = torch.nonzero(occupancy.vertices_near(resolution).reshape(-1)).squeeze(1)
         table[idx] = field_at_vertices(model, planes, resolution, idx, chunk)
-        volume = table.view(resolution, resolution, resolution, 4).permute(3, 2, 1, 0)  # (4, z, y, x)
+        volume = table.view(resolution, resolution, resolution, 4).permute(3, 2, 1, 0)  # [4, z, y, x]
         return cls(volume[:1].contiguous().unsqueeze(0), volume[1:].contiguous().unsqueeze(0))
 
     @staticmethod
     def lookup(volume: Tensor, xyz: Tensor) -> Tensor:
-        """Trilinear values of volume [1, C, R, R, R] at points [P, 3] -> [P, C]."""
+        """Trilinear values of volume [1, C, G, G, G] at points [P, 3] -> [P, C]."""
         p = xyz.shape[0]
         if p % 2:
             xyz = torch.cat([xyz, xyz[:1]])
         # grid_sample's 3-D CPU kernel runs one thread per batch item: two halves keep both cores busy
         out = F.grid_sample(volume.expand(2, -1, -1, -1, -1), xyz.view(2, -1, 1, 1, 3).to(volume.dtype),
-                            mode="bilinear", padding_mode="border", align_corners=True)  # (2, C, P / 2, 1, 1)
+                            mode="bilinear", padding_mode="border", align_corners=True)  # [2, C, P / 2, 1, 1]
         return out.view(2, volume.shape[1], -1).transpose(1, 2).reshape(-1, volume.shape[1])[:p]
 
     def __call__(self, planes, xyz: Tensor) -> tuple[Tensor, Tensor]:
@@ -229,7 +229,7 @@ def hit_mask(fast: FastField, camera: Tensor, size: int) -> Tensor:
 
 
 def _along(origins: Tensor, dirs: Tensor, depths: Tensor) -> Tensor:
-    return torch.addcmul(origins.unsqueeze(1), depths.unsqueeze(-1), dirs.unsqueeze(1))  # (R, S, 3)
+    return torch.addcmul(origins.unsqueeze(1), depths.unsqueeze(-1), dirs.unsqueeze(1))  # [R, S, 3]
 
 
 def density_along(cache: FieldCache, origins: Tensor, dirs: Tensor, depths: Tensor) -> Tensor:
@@ -266,7 +266,7 @@ def render_rays_cached(cache: FieldCache, rays: RayBundle, n_coarse: int, n_fine
     # Out-of-box samples are empty (OUT_OF_BOX_SIGMA) as in the reference. Stratified samples run from the box entry
     # to its exit, so only the two ends can be outside (by rounding; the last one also by its jitter); importance
     # samples lie between midpoints of stratified ones, inside the box.
-    ends = _along(rays.origins, rays.dirs, depths[:, [0, -1]]).abs().amax(-1) > 1  # (R, 2)
+    ends = _along(rays.origins, rays.dirs, depths[:, [0, -1]]).abs().amax(-1) > 1  # [R, 2]
     raw[:, [0, -1]] = raw[:, [0, -1]].masked_fill(ends, OUT_OF_BOX_SIGMA)
     if n_fine > 0:
         fine = importance_depths(depths, compositing_weights(raw, depths), n_fine, rays.u)
@@ -274,11 +274,11 @@ def render_rays_cached(cache: FieldCache, rays: RayBundle, n_coarse: int, n_fine
             fine = fine.sort(1).values
         raw_f = density_along(cache, rays.origins, rays.dirs, fine)
         depths, raw = _merge(depths, raw, fine, raw_f)
-    weights = compositing_weights(raw, depths)  # (R, S - 1)
+    weights = compositing_weights(raw, depths)  # [R, S - 1]
     total = weights.sum(1, keepdim=True)
     depth = torch.nan_to_num((weights * (depths[:, :-1] + depths[:, 1:]) / 2).sum(1, keepdim=True) / total,
                              float("inf"))
-    coef = F.pad(weights, (1, 0)) + F.pad(weights, (0, 1))  # (R, S): twice each sample's share of the colour
+    coef = F.pad(weights, (1, 0)) + F.pad(weights, (0, 1))  # [R, S]: twice each sample's share of the colour
     ray, sample = torch.nonzero(coef > 2 * COLOR_WEIGHT, as_tuple=True)
     xyz = torch.addcmul(rays.origins[ray], depths[ray, sample].unsqueeze(-1), rays.dirs[ray])
     rgb = cache.lookup(cache.color_volume, xyz) * (coef[ray, sample] / 2).unsqueeze(-1)

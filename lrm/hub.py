@@ -47,7 +47,11 @@ class ModelUnavailableError(CheckpointError):
 # The project's own small model, trained on procedural shapes (models/lrm-demo-shapes/README.md): it is in the
 # repository, so it works without any network. Loadable by this name or by its folder.
 DEMO_MODEL = "lrm-demo-shapes"
-DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / DEMO_MODEL
+# An installed package carries it as lrm/models/ (pyproject.toml maps the repository's models/ there); a source
+# checkout (or an editable install) has it in models/ beside lrm/.
+DEMO_MODEL_DIR = next((d for d in (Path(__file__).resolve().parent / "models" / DEMO_MODEL,
+                                   Path(__file__).resolve().parent.parent / "models" / DEMO_MODEL) if d.is_dir()),
+                      Path(__file__).resolve().parent.parent / "models" / DEMO_MODEL)
 
 
 # ----------------------------------------------------------------------------------------------------------------

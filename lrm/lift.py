@@ -45,9 +45,9 @@ def lift_image(fmap: Tensor, camera: Tensor, res: int, depth_samples: int) -> Te
     n = fmap.shape[0]
     points = token_points(res, depth_samples, fmap.device).to(fmap.dtype)
     uv, _ = project(points.expand(n, *points.shape), camera)  # [N, 3, r*r, K, 2]
-    grid = (uv * 2 - 1).reshape(n, -1, depth_samples, 2)  # (N, 3*r*r, K, 2)
+    grid = (uv * 2 - 1).reshape(n, -1, depth_samples, 2)  # [N, 3*r*r, K, 2]
     sampled = F.grid_sample(fmap, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return sampled.mean(-1).transpose(1, 2)  # (N, 3*r*r, C)
+    return sampled.mean(-1).transpose(1, 2)  # [N, 3*r*r, C]
 
 
 class TriplaneLift(nn.Module):
@@ -61,12 +61,12 @@ class TriplaneLift(nn.Module):
     def forward(self, feats: Tensor, camera: Tensor) -> Tensor:
         n, length, c = feats.shape
         side = int(round((length - 1) ** 0.5))
-        fmap = feats[:, 1:].transpose(1, 2).reshape(n, c, side, side)  # (N, C, h, w), CLS dropped
+        fmap = feats[:, 1:].transpose(1, 2).reshape(n, c, side, side)  # [N, C, h, w], CLS dropped
         return self.proj(lift_image(fmap, camera, self.low_res, self.depth_samples))
 
 
 class ColorLift(nn.Module):
-    """Input image [N, 3, S, S] + camera [N, 16] -> additions to the planes [N, 3, C, R, R] (R = high res)."""
+    """Input image [N, 3, H, W] + camera [N, 16] -> additions to the planes [N, 3, C, H, W] (H = W = the high res)."""
 
     def __init__(self, triplane_dim: int, high_res: int, depth_samples: int = 8):
         super().__init__()
@@ -76,4 +76,4 @@ class ColorLift(nn.Module):
     def forward(self, image: Tensor, camera: Tensor) -> Tensor:
         n, r = image.shape[0], self.high_res
         pooled = lift_image(image - 1, camera, r, self.depth_samples) + 1  # outside the image: white background
-        return self.proj(pooled).view(n, 3, r, r, -1).permute(0, 1, 4, 2, 3)  # (N, 3, C, r, r)
+        return self.proj(pooled).view(n, 3, r, r, -1).permute(0, 1, 4, 2, 3)  # [N, 3, C, r, r]

@@ -56,7 +56,7 @@ class LRM(nn.Module):
         return self.pos_embed.dtype
 
     def forward_planes(self, image: Tensor, camera: Tensor, precision: Precision = "fp32") -> Tensor:
-        """image [N, 3, S, S] in [0, 1] and conditioning camera [N, 16] -> planes [N, 3, C, 2h, 2w].
+        """image [N, 3, H, W] in [0, 1] and conditioning camera [N, 16] -> planes [N, 3, C, 2h, 2w].
 
         precision="bf16" / "fp16" runs the encoder and transformer under autocast (tensor cores on a GPU, AMX on recent
         x86 CPUs); the planes come back in the model's dtype. "fp32" (default) is the reference's arithmetic.
@@ -70,22 +70,22 @@ class LRM(nn.Module):
 
     def _forward_planes(self, image: Tensor, camera: Tensor) -> Tensor:
         if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"image must be [N, 3, S, S], got {tuple(image.shape)}")
+            raise ValueError(f"image must be [N, 3, H, W], got {tuple(image.shape)}")
         if camera.shape != (image.shape[0], 16):
             raise ValueError(f"camera must be [N, 16] with N = {image.shape[0]}, got {tuple(camera.shape)}")
         image = image.to(self.device, self.dtype)
         camera = camera.to(self.device, self.dtype)
-        feats = self.encoder(image)  # (N, L, C_enc)
-        mod = self.camera_embedder(camera)  # (N, Dc)
+        feats = self.encoder(image)  # [N, L, C_enc]
+        mod = self.camera_embedder(camera)  # [N, Dc]
         n = image.shape[0]
-        tokens = self.pos_embed.expand(n, -1, -1)  # (N, 3*h*w, D)
+        tokens = self.pos_embed.expand(n, -1, -1)  # [N, 3*h*w, D]
         if self.config.triplane_lift:
             tokens = tokens + self.lift(feats, camera)
-        tokens = self.transformer(tokens, feats, mod)  # (N, 3*h*w, D)
+        tokens = self.transformer(tokens, feats, mod)  # [N, 3*h*w, D]
         h = w = self.config.triplane_low_res
-        x = tokens.view(n, 3, h, w, -1).permute(0, 1, 4, 2, 3).reshape(n * 3, -1, h, w)  # (N*3, D, h, w)
-        x = self.upsampler(x)  # (N*3, C, 2h, 2w)
-        planes = x.view(n, 3, *x.shape[1:])  # (N, 3, C, 2h, 2w)
+        x = tokens.view(n, 3, h, w, -1).permute(0, 1, 4, 2, 3).reshape(n * 3, -1, h, w)  # [N*3, D, h, w]
+        x = self.upsampler(x)  # [N*3, C, 2h, 2w]
+        planes = x.view(n, 3, *x.shape[1:])  # [N, 3, C, 2h, 2w]
         if self.config.triplane_lift_rgb:
             planes = planes + self.lift_rgb(image, camera)
         return planes

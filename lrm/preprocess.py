@@ -217,7 +217,7 @@ def image_to_tensor(image: Image.Image, size: int) -> Tensor:
     a non-square image is squashed, as the reference does) and clamped to [0, 1].
     """
     image = _to_rgb_or_rgba(image)
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0) / 255.0  # (1, 3|4, H, W)
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0) / 255.0  # [1, 3|4, H, W]
     if x.shape[1] == 4:
         x = x[:, :3] * x[:, 3:] + (1 - x[:, 3:])
     x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=True)

@@ -30,9 +30,9 @@ def sample_triplane(planes: Tensor, xyz: Tensor) -> Tensor:
     coordinates in [-1, 1] are used as they are; zeros outside.
     """
     n, _, c, h, w = planes.shape
-    uv = torch.stack([xyz[..., [0, 1]], xyz[..., [0, 2]], xyz[..., [2, 1]]], dim=1)  # (N, 3, P, 2)
+    uv = torch.stack([xyz[..., [0, 1]], xyz[..., [0, 2]], xyz[..., [2, 1]]], dim=1)  # [N, 3, P, 2]
     feats = F.grid_sample(planes.reshape(n * 3, c, h, w), uv.reshape(n * 3, 1, -1, 2).to(planes.dtype),
-                          mode="bilinear", padding_mode="zeros", align_corners=False)  # (N*3, C, 1, P)
+                          mode="bilinear", padding_mode="zeros", align_corners=False)  # [N*3, C, 1, P]
     return feats.permute(0, 3, 2, 1).reshape(n, 3, -1, c)
 
 
@@ -88,7 +88,7 @@ def ray_box_limits(origins: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
     neg = inv < 0
     near_plane = torch.where(neg, 1.0, -1.0)
     far_plane = -near_plane
-    t0 = (near_plane - origins) * inv  # (..., 3) per-axis entry
+    t0 = (near_plane - origins) * inv  # [..., 3] per-axis entry
     t1 = (far_plane - origins) * inv
     tmin, tmax = t0[..., 0], t1[..., 0]
     valid = ~((tmin > t1[..., 1]) | (t0[..., 1] > tmax))
@@ -141,7 +141,7 @@ def sample_pdf(bins: Tensor, weights: Tensor, n: int, u: Tensor | None = None, e
     r, b = weights.shape
     weights = weights + eps  # prevent division by zero
     pdf = weights / weights.sum(-1, keepdim=True)
-    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1)  # (R, B + 1)
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1)  # [R, B + 1]
     if u is None:
         u = torch.linspace(0, 1, n, device=bins.device).expand(r, n)
     u = u.contiguous()
@@ -158,8 +158,8 @@ def sample_pdf(bins: Tensor, weights: Tensor, n: int, u: Tensor | None = None, e
 
 def importance_depths(depths: Tensor, weights: Tensor, n: int, u: Tensor | None = None) -> Tensor:
     """Importance depths [R, n] from coarse depths [R, S] and their compositing weights [R, S - 1]."""
-    w = F.max_pool1d(weights.unsqueeze(1).float(), 2, 1, padding=1)  # (R, 1, S)
-    w = F.avg_pool1d(w, 2, 1).squeeze(1) + 0.01  # (R, S - 1): smoothed, with a floor
+    w = F.max_pool1d(weights.unsqueeze(1).float(), 2, 1, padding=1)  # [R, 1, S]
+    w = F.avg_pool1d(w, 2, 1).squeeze(1) + 0.01  # [R, S - 1]: smoothed, with a floor
     mids = 0.5 * (depths[:, :-1] + depths[:, 1:])
     return sample_pdf(mids, w[:, 1:-1], n, u)
 
@@ -211,7 +211,7 @@ class RayBundle:
 
 def _query_along(field: TriplaneField, planes: Tensor, rays: RayBundle, depths: Tensor) -> tuple[Tensor, Tensor]:
     """Field at depths [R, S] along the rays -> colors [R, S, 3], raw sigma [R, S, 1]; out-of-box samples are empty."""
-    xyz = rays.origins.unsqueeze(-2) + depths.unsqueeze(-1) * rays.dirs.unsqueeze(-2)  # (R, S, 3)
+    xyz = rays.origins.unsqueeze(-2) + depths.unsqueeze(-1) * rays.dirs.unsqueeze(-2)  # [R, S, 3]
     sigma, rgb = field(planes, xyz.reshape(1, -1, 3))
     inside = ((xyz >= -1) & (xyz <= 1)).all(-1, keepdim=True).reshape(1, -1, 1)
     rgb = torch.where(inside, rgb, 0.0)

@@ -33,7 +33,7 @@ class ModLN(nn.Module):
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(mod_dim, 2 * dim))
 
     def forward(self, x: Tensor, mod: Tensor) -> Tensor:
-        shift, scale = self.mlp(mod).chunk(2, dim=-1)  # (N, D) each
+        shift, scale = self.mlp(mod).chunk(2, dim=-1)  # [N, D] each
         return self.norm(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 

@@ -81,8 +81,14 @@ def test_modes_without_alpha_go_through_rembg(mode, tmp_path):
     if mode in ("RGB", "P", "CMYK"):  # colour kept: the red disc is found and centred
         assert_centred(out)
         assert np.asarray(out)[256, 256, 0] > 150
-    else:  # greyscale: no red anywhere, rembg's min-max normalised mask still keeps something; it is recentred
-        assert out.size == (512, 512) and out.mode == "RGBA"
+    else:  # greyscale: the test segmenter's min-max normalised mask keeps the dark disc (L: grey 87, I;16: its 16-bit
+        # range stretched to 8 bits, the disc at 0), not the white background; recentred and still grey
+        assert_centred(out)
+        a = np.asarray(out)
+        fg = a[a[..., 3] > 127][:, :3].astype(int)
+        assert (fg == fg[:, :1]).all() and fg[:, 0].mean() < 100
+        x0, y0, x1, y1 = foreground_box(out)
+        assert len(fg) / ((x1 - x0) * (y1 - y0)) == pytest.approx(np.pi / 4, abs=0.05)  # a disc, not the frame
 
 
 def test_exif_rotation_and_animation_first_frame(tmp_path):

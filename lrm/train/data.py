@@ -46,7 +46,7 @@ def make_shape(seed: int, kind: str | None = None) -> Shape:
 
 
 def input_image(shape: Shape, spec: DataSpec) -> np.ndarray:
-    """The canonical camera's view (supersampled, area-averaged: the geometry stays exact) -> uint8 RGB [S, S, 3]
+    """The canonical camera's view (supersampled, area-averaged: the geometry stays exact) -> uint8 RGB [H, W, 3]
     over white."""
     _, camera = source_view_camera(2.0)
     rgb, _ = shape.render(camera[None], spec.image_size * spec.supersample)

@@ -57,7 +57,7 @@ def depth_layers(shape: Shape, size: int = LAYER_SIZE) -> Tensor:
 
 
 def normal_view(shape: Shape, size: int) -> np.ndarray:
-    """The canonical view's normal map as uint8 RGB [S, S, 3] over white: camera right, up and towards the camera
+    """The canonical view's normal map as uint8 RGB [H, W, 3] over white: camera right, up and towards the camera
     (world x, z, -y) mapped from [-1, 1] to [0, 1]."""
     origins, dirs, near, far = _source_rays(size)
     t, hit = shape.march(origins, dirs, near, far, steps=96)
@@ -87,7 +87,7 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class DepthProbe(nn.Module):
-    """Image [N, 3, S, S] in [0, 1] -> depth layers [N, 3, S/2, S/2] (hit logit, entry, exit): four stride-2
+    """Image [N, 3, H, W] in [0, 1] -> depth layers [N, 3, H/2, W/2] (hit logit, entry, exit): four stride-2
     convolution levels (plus two pixel-coordinate channels and a global-pool term at the bottom), then back up to
     half the input size with skip connections."""
 

@@ -208,7 +208,7 @@ class Shape:
     def color(self, p: Tensor) -> Tensor:
         """Shaded colour [P, 3] in [0, 1]: the albedo of the nearest primitive under the fixed world light."""
         q = self._raw(p)
-        nearest = torch.stack([prim.sdf(q) for prim in self.primitives]).argmin(0)  # (P,)
+        nearest = torch.stack([prim.sdf(q) for prim in self.primitives]).argmin(0)  # [P]
         albedo = torch.zeros(p.shape[0], 3)
         for k, prim in enumerate(self.primitives):
             mask = nearest == k
@@ -244,8 +244,8 @@ class Shape:
         return rgb, hit
 
     def render(self, cameras: Tensor, size: int, steps: int = 64) -> tuple[Tensor, Tensor]:
-        """Sphere-traced views from render cameras [M, 25] -> rgb [M, 3, S, S] on white, alpha [M, 1, S, S]."""
-        origins, dirs = get_rays(cameras, size)  # (M, R, 3)
+        """Sphere-traced views from render cameras [M, 25] -> rgb [M, 3, H, W] on white, alpha [M, 1, H, W]."""
+        origins, dirs = get_rays(cameras, size)  # [M, R, 3]
         rgb, hit = self.trace(origins.reshape(-1, 3), dirs.reshape(-1, 3), steps)
         m = cameras.shape[0]
         return rgb.view(m, size, size, 3).permute(0, 3, 1, 2), hit.float().view(m, 1, size, size)
@@ -261,7 +261,7 @@ def source_view_camera(distance: float = 2.0, azimuth: float = 0.0, elevation: f
 
 
 def render_rgba(shape: Shape, camera: Tensor, size: int) -> np.ndarray:
-    """One view as uint8 RGBA [S, S, 4] (colour over transparent background)."""
+    """One view as uint8 RGBA [H, W, 4] (colour over transparent background)."""
     rgb, alpha = shape.render(camera[None], size)
     rgba = torch.cat([rgb[0], alpha[0]]).permute(1, 2, 0)
     return (rgba.clamp(0, 1) * 255).round().to(torch.uint8).numpy()

@@ -87,8 +87,8 @@ class TrainStep(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         model = self.model
-        planes = model.forward_planes(batch["image"], batch["camera"])  # (B, 3, C, H, W)
-        raw, rgb = model.synthesizer(planes, batch["xyz"])  # (B, P, 1), (B, P, 3)
+        planes = model.forward_planes(batch["image"], batch["camera"])  # [N, 3, C, H, W]
+        raw, rgb = model.synthesizer(planes, batch["xyz"])  # [N, P, 1], [N, P, 3]
         raw, rgb, sdf = raw[..., 0].float(), rgb.float(), batch["sdf"]  # losses in fp32, also under autocast
         inside = (sdf < 0).float()
         losses = {"occupancy": F.binary_cross_entropy_with_logits(raw - OCCUPANCY_OFFSET, inside)}
