@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +39,24 @@ EXAMPLES_DIR = Path(__file__).parent / "examples"
 SESSION_ROOT = Path(tempfile.gettempdir()) / "openlrm-demo-sessions"
 SESSION_TTL_S = 2 * 3600
 TITLE = "OpenLRM: one image to a 3D object"
+FILES = ("glb", "obj", "ply", "mp4")  # the download buttons
+
+
+class ImageUpload(gr.Image):
+    """`gr.Image` that hands an upload to the handler as its file path, undecoded: `lrm.preprocess` then reads it and
+    says what is wrong with a bad file (Gradio's own decoding would fail first, with its internal message)."""
+    is_template = True  # the browser side is gr.Image's
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.path:
+            return payload.path
+        try:  # a base64 data URL from an API client: Gradio writes it to a file
+            return super().preprocess(payload)
+        except Exception:
+            raise gr.Error("The upload is not an image that can be read; use a PNG, JPEG or WebP file.",
+                           title="Cannot do that") from None
 
 
 def local_label(path: str) -> str:
@@ -46,35 +66,48 @@ def local_label(path: str) -> str:
     return "local: " + "/".join([p.parent.name, p.name] if p.name in generic else [p.name])
 
 
-def model_menu(models: list[str]) -> tuple[list[tuple[str, str]], str, str]:
-    """The model menu for the given extra checkpoints -> ((label, source) choices, the selected source, an offline
-    banner or ""). The first given model that can be loaded is selected, else the reference demo's model, else (offline)
-    the first local one."""
-    local = [(local_label(m) if Path(m).expanduser().exists() else m, str(m)) for m in models]
-    if lrm.is_available(lrm.DEMO_MODEL) and lrm.DEMO_MODEL not in {s for _, s in local}:
-        local.append((f"{lrm.DEMO_MODEL} (offline demo model, synthetic shapes)", lrm.DEMO_MODEL))
-    available = {s: lrm.is_available(s) for s in [s for _, s in local] + [lrm.DEFAULT_MODEL]}
-    given = [s for _, s in local if s != lrm.DEMO_MODEL and available[s]]
-    online = available[lrm.DEFAULT_MODEL]
-    default = given[0] if given else lrm.DEFAULT_MODEL if online or not local else local[0][1]
-    choices = local + [(m, m) for m in lrm.RELEASED_MODELS if m not in {s for _, s in local}]
+def model_menu(models: list[str]) -> tuple[list[tuple[str, str]], dict[str, str], str, str]:
+    """The model menu for the given extra checkpoints -> ((label, name) choices, name -> source as `lrm.load_model`
+    takes it, the selected name, an offline banner or "").
+
+    Names are what clients see and send: Hub ids, `lrm-demo-shapes`, and `local: <folder>` for local checkpoints (no
+    server paths). Given models that cannot be loaded are left out, with a line on stderr; released models that cannot
+    be obtained now say so. The first given model is selected, else the reference demo's model, else the demo model.
+    """
+    sources: dict[str, str] = {}
+    for m in map(str, models):
+        if not lrm.is_available(m):
+            print(f"--model {m}: not a local checkpoint, and no Hub model that can be obtained now; left out of the "
+                  "menu", file=sys.stderr)
+            continue
+        name = local_label(m) if Path(m).expanduser().exists() else m
+        while name in sources:
+            name += "'"
+        sources[name] = m
+    if lrm.is_available(lrm.DEMO_MODEL) and lrm.DEMO_MODEL not in sources.values():
+        sources[lrm.DEMO_MODEL] = lrm.DEMO_MODEL
+    local = list(sources)
+    online = lrm.is_available(lrm.DEFAULT_MODEL)
+    for m in lrm.RELEASED_MODELS:
+        sources.setdefault(m, m)
+    labels = {name: name for name in sources}
+    labels[lrm.DEMO_MODEL] = f"{lrm.DEMO_MODEL} (offline demo model, synthetic shapes)"
+    for name in set(sources) - set(local):
+        if not lrm.is_available(name):
+            labels[name] = f"{name} (not available offline: runs {lrm.DEMO_MODEL})"
+    given = [name for name in local if name != lrm.DEMO_MODEL]
+    default = given[0] if given else lrm.DEFAULT_MODEL if online or not local else local[0]
     banner = ""
     if not online:
-        labels = dict((s, label) for label, s in local)
-        usable = [label for label, s in local if available[s]]
         banner = ("**Offline:** the Hugging Face Hub cannot be reached, so released OpenLRM models that are not "
-                  "already downloaded cannot be used. " +
-                  (f"Running **{labels.get(default, default)}**; available here: {', '.join(usable)}." if usable else
-                   "No local model was given: start with `python app.py --model PATH/TO/CHECKPOINT`."))
-    return choices, default, banner
+                  f"already downloaded cannot be used. Running **{labels[default]}**; available here: "
+                  f"{', '.join(labels[name] for name in local)}.")
+    return [(labels[name], name) for name in sources], sources, default, banner
 
 
 class ModelCache:
-    """Keeps one model in memory; switching models frees the previous one first.
-
-    A Hub model that cannot be obtained (offline, not cached) is replaced by the embedded demo model; `note` then
-    says so.
-    """
+    """Keeps one model in memory; switching models frees the previous one first. A Hub model that cannot be
+    obtained now is replaced by the embedded demo model at once; `note` then says so."""
 
     def __init__(self, device: str):
         self.device, self.source, self.model, self.note = device, None, None, None
@@ -92,31 +125,63 @@ class ModelCache:
             return self.model
 
 
+class JobCancelled(Exception):
+    """The browser session of a running job has ended."""
+
+
 class Sessions:
-    """Each browser session writes below its own folder; removed on unload or after `ttl` seconds."""
+    """Each browser session writes below its own folder, removed when the session ends (after its running job has
+    stopped) or after `ttl` seconds; a job of an ended session stops at its next progress report."""
 
     def __init__(self, root: Path = SESSION_ROOT, ttl: float = SESSION_TTL_S):
         self.root, self.ttl = Path(root), ttl
+        self.ended: set[str] = set()
+        self.cancelled: list[str] = []  # the runs stopped because their session ended (a log)
+        self._busy: dict[str, int] = {}
+        self._lock = threading.Lock()
 
-    def _folder(self, request: gr.Request | None) -> Path:
-        key = getattr(request, "session_hash", None) or "shared"
-        return self.root / re.sub(r"[^A-Za-z0-9_-]", "_", key)
+    def _key(self, request: gr.Request | None) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", getattr(request, "session_hash", None) or "shared")
 
     def new_run(self, request: gr.Request | None) -> Path:
         self.sweep()
-        run = self._folder(request) / f"{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        run = self.root / self._key(request) / f"{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:8]}"
         run.mkdir(parents=True)
         return run
 
+    @contextlib.contextmanager
+    def job(self, request: gr.Request | None):
+        """Marks the session busy while its job runs, so that its folder outlives the job."""
+        key = self._key(request)
+        with self._lock:
+            self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy[key] -= 1
+                done = self._busy[key] == 0 and key in self.ended
+            if done:
+                shutil.rmtree(self.root / key, ignore_errors=True)
+
+    def check(self, request: gr.Request | None) -> None:
+        if self._key(request) in self.ended:
+            raise JobCancelled
+
     def close(self, request: gr.Request | None) -> None:
-        shutil.rmtree(self._folder(request), ignore_errors=True)
+        key = self._key(request)
+        with self._lock:
+            self.ended.add(key)
+            busy = self._busy.get(key, 0) > 0
+        if not busy:  # else the job removes it when it stops
+            shutil.rmtree(self.root / key, ignore_errors=True)
 
     def sweep(self) -> None:
         if not self.root.is_dir():
             return
         for folder in self.root.iterdir():
             try:
-                if time.time() - folder.stat().st_mtime > self.ttl:
+                if time.time() - folder.stat().st_mtime > self.ttl and not self._busy.get(folder.name):
                     shutil.rmtree(folder, ignore_errors=True)
             except OSError:
                 pass
@@ -126,39 +191,69 @@ def user_error(err: Exception) -> gr.Error:
     return gr.Error(str(err), title="Cannot do that")
 
 
+def output_name(image: str) -> str:
+    """The downloads' name: the picture's, without the `_input` that /preprocess adds ('cone_input.png' -> 'cone')."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image).stem).strip("._")[:64].removesuffix("_input")
+    return stem or "object"
+
+
+def shown_if_set(value):
+    """A download button shows when it has a file."""
+    return gr.DownloadButton(visible=value is not None)
+
+
+def shown_with_viewer(value):
+    """A download button's file, also shown in its viewer (Model3D, Video).
+
+    The viewers take their file from the button rather than from the generator: the generator delivers its last
+    value twice (its last yield, then its completion), and a second identical value reaching `gr.Model3D` while its
+    3-D renderer is still loading cancels that loading, leaving the panel empty (Gradio 6.31's Model3D)."""
+    return gr.DownloadButton(visible=value is not None), value
+
+
 class Handlers:
     """The app's event handlers, with what they share: the loaded model, the session folders, the defaults."""
 
-    def __init__(self, device: str, defaults: lrm.JobOptions, sessions: Sessions, labels: dict[str, str],
+    def __init__(self, device: str, defaults: lrm.JobOptions, sessions: Sessions, menu: dict[str, str],
                  default_model: str):
-        self.device, self.defaults, self.sessions, self.labels = device, defaults, sessions, labels
+        self.device, self.defaults, self.sessions = device, defaults, sessions
+        self.menu = menu  # menu name -> source (local path or Hub id)
         self.default_model = default_model
         self.cache = ModelCache(device)
 
     def check_input(self, image):
-        """Refuse to start without an image."""
         if image is None:
             raise gr.Error("Please upload an image first.", title="No image")
 
-    def preprocess_image(self, image, remove_background, foreground_ratio, request: gr.Request):
-        """Background removal and recentring; shown at once.
+    def preprocess(self, image: str, remove_background: bool, foreground_ratio: float, request: gr.Request):
+        """Step 1 of 2: cut the object out of a picture and centre it. Pass the result to /generate.
 
-        Returned as a uniquely named file of the session: Gradio caches outputs by content, and a shared PIL output
-        name ("image.png") would be rewritten while another session with the same picture downloads it."""
+        Args:
+            image: the picture (PNG, JPEG, WebP, ...; one object).
+            remove_background: remove the background (skipped when the picture already has transparency).
+            foreground_ratio: the object's size after centring, as a fraction of the square picture's side.
+        Returns:
+            the preprocessed picture: a 512 px PNG with a transparent background.
+        """
+        self.check_input(image)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                result = lrm.preprocess(image, remove_background=remove_background,
-                                        foreground_ratio=foreground_ratio)
+                result = lrm.preprocess(image, remove_background=remove_background, foreground_ratio=foreground_ratio)
             except ValueError as err:
                 raise user_error(err) from None
         for w in caught:
             if issubclass(w.category, RuntimeWarning):
                 gr.Warning(str(w.message))
-        run = self.sessions.new_run(request)
-        path = run / f"preprocessed-{run.name}.png"
+        # in a folder of this run: another session's picture of the same name never overwrites it
+        path = self.sessions.new_run(request) / f"{output_name(image)}_input.png"
         result.save(path)
         return str(path)
+
+    def runs(self, name: str) -> str:
+        """The model that runs for a menu entry: the demo model for a Hub model that cannot be obtained now."""
+        source = self.menu.get(name, name)
+        return source if lrm.is_available(source) else lrm.DEMO_MODEL
 
     @staticmethod
     def settings_of(source: str) -> lrm.InferDefaults:
@@ -169,70 +264,88 @@ class Handlers:
             return lrm.InferDefaults()
 
     def on_model_change(self, source):
-        own = self.settings_of(source)
+        own = self.settings_of(self.runs(source))
         return gr.Slider(value=own.render_size), gr.Slider(value=own.mesh_size), gr.Slider(value=own.foreground_ratio)
 
     @gpu(duration=120)
-    def generate(self, pre_image, model_source, source_distance, mesh_resolution, threshold, video, views, fps,
-                 frame_size, request: gr.Request, progress=gr.Progress()):
-        """Planes, mesh and video from the preprocessed image."""
-        if pre_image is None:
-            raise gr.Error("Please upload an image first.", title="No image")
-        progress(0.0, desc="Loading model")
+    def generate(self, image: str, model: str, source_distance: float, mesh_resolution: int, threshold: float,
+                 video: bool, views: int, fps: int, frame_size: int, request: gr.Request, progress=gr.Progress()):
+        """Step 2 of 2: the 3D object from a picture that /preprocess made (call /preprocess first).
+
+        Args:
+            image: the picture returned by /preprocess.
+            model: a model of the menu: a Hugging Face id, lrm-demo-shapes, or "local: <folder>" for a
+                checkpoint given to the app.
+            source_distance: the input camera's distance from the object.
+            mesh_resolution: the marching-cubes grid.
+            threshold: the density level of the surface.
+            video: also render the orbit video.
+            views: the video's frames.
+            fps: the video's frame rate.
+            frame_size: the video's frame size in pixels.
+        Returns:
+            the GLB, OBJ and PLY meshes and the MP4 orbit video (None where not made), and a summary.
+        """
+        self.check_input(image)
+        if model not in self.menu:
+            raise gr.Error(f"Unknown model {model!r}: choose one of the menu.", title="Cannot do that")
+        progress(0.0, desc="Loading the model")
         try:
-            model = self.cache.get(model_source)
+            loaded = self.cache.get(self.menu[model])
             options = lrm.JobOptions(source_distance=source_distance, mesh_resolution=int(mesh_resolution),
                                      threshold=threshold, video=bool(video), n_views=int(views), fps=int(fps),
                                      video_size=int(frame_size) // 2 * 2,
-                                     # a fallback model recentres the picture at its own size
-                                     remove_background=False)
+                                     remove_background=False)  # a stand-in model recentres it at its own size
         except (ValueError, FileNotFoundError) as err:
             raise user_error(err) from None
         if self.cache.note:
             gr.Warning(self.cache.note, title="Using the offline demo model")
-        out = self.sessions.new_run(request)
-        weights = {"planes": (0.0, 0.1), "mesh": (0.1, 0.5 if options.video else 1.0), "video": (0.5, 1.0)}
 
         def report(stage, fraction):
-            lo, hi = weights.get(stage, (0.0, 0.0))
+            self.sessions.check(request)  # stop when the browser tab has gone
             if stage == "video":
-                desc = f"Rendering video frame {round(fraction * options.n_views)}/{options.n_views}"
+                progress((round(fraction * options.n_views), options.n_views), desc="Rendering the video",
+                         unit="frames")
             else:
-                desc = {"planes": "Encoding image", "mesh": "Extracting mesh"}.get(stage, stage)
-            progress(lo + (hi - lo) * fraction, desc=desc)
+                progress(fraction, desc={"planes": "Encoding the image", "mesh": "Extracting the mesh"}.get(stage))
 
-        hidden = gr.DownloadButton(value=None, visible=False)
+        yield None, None, None, None, "Working…"  # a new run clears the last one's results
         try:
-            steps = lrm.reconstruct_steps(model, pre_image, out, options, name=f"openlrm-{out.name}",
-                                          preprocessed=not self.cache.note, progress=report)
-            for stage, result in steps:
-                files = result.files
-                buttons = [gr.DownloadButton(value=str(files[k]), visible=True) if k in files else hidden
-                           for k in ("glb", "obj", "ply", "mp4")]
-                if stage == "mesh" and options.video:  # show the mesh while the video renders
-                    yield (str(files["glb"]), None, *buttons, "Mesh ready; rendering the video…")
+            with self.sessions.job(request):
+                out = self.sessions.new_run(request)
+                for stage, result in lrm.reconstruct_steps(loaded, image, out, options, name=output_name(image),
+                                                           preprocessed=not self.cache.note, progress=report):
+                    files = [str(result.files[k]) if k in result.files else None for k in FILES]
+                    if stage == "mesh" and options.video:  # the mesh, to turn around while the video renders
+                        yield *files, "Mesh ready; rendering the video…"
+        except JobCancelled:
+            self.sessions.cancelled.append(out.name)
+            return
         except ValueError as err:
             raise user_error(err) from None
         except (torch.cuda.OutOfMemoryError, MemoryError):
             raise gr.Error("Out of memory: lower the mesh resolution or the frame size, or use a smaller model.",
                            title="Out of memory") from None
+        for problem in result.problems:
+            gr.Warning(problem, title="Not everything could be made")
+        yield *files, self.summary(result, model)
+
+    def summary(self, result: lrm.Reconstruction, model: str) -> str:
         stages = " · ".join(f"{k} {v:.2f} s" for k, v in result.timings.items() if k != "preprocess")
         total = sum(v for k, v in result.timings.items() if k != "preprocess")
-        mesh_info = f"; mesh {len(result.mesh.vertices):,} vertices" if result.mesh is not None else ""
-        name = self.labels.get(model_source, model_source)
-        who = (f"`{lrm.DEMO_MODEL}` (the offline demo model: `{name}` is not available here)" if self.cache.note
-               else f"`{name}`")
-        summary = f"**Done** in {total:.2f} s ({stages}) with {who} on {self.device}{mesh_info}."
-        yield (str(files["glb"]) if "glb" in files else None, str(files["mp4"]) if "mp4" in files else None,
-               *buttons, summary)
+        mesh = f"; mesh {len(result.mesh.vertices):,} vertices" if result.mesh is not None else ""
+        who = (f"`{lrm.DEMO_MODEL}` (the offline demo model: `{model}` is not available here)" if self.cache.note
+               else f"`{model}`")
+        problems = "".join(f"\n\n**Not made:** {p}" for p in result.problems)
+        return f"**Done** in {total:.2f} s ({stages}) with {who} on {self.device}{mesh}.{problems}"
 
     def example(self, image, request: gr.Request, progress=gr.Progress()):
         """An example through both steps with the default model at the default settings."""
-        job = self.defaults.for_model(self.settings_of(self.default_model))
-        pre_image = self.preprocess_image(image, job.remove_background, job.foreground_ratio, request)
-        *_, last = self.generate(pre_image, self.default_model, job.source_distance, job.mesh_resolution,
-                                 job.threshold, job.video, job.n_views, job.fps, job.video_size, request, progress)
-        return (pre_image, *last)
+        job = self.defaults.for_model(self.settings_of(self.runs(self.default_model)))
+        pre = self.preprocess(image, job.remove_background, job.foreground_ratio, request)
+        *_, last = self.generate(pre, self.default_model, job.source_distance, job.mesh_resolution, job.threshold,
+                                 job.video, job.n_views, job.fps, job.video_size, request, progress)
+        return (pre, *last)
 
 
 def build_demo(models: list[str] | None = None, device: str | None = None, *, defaults: lrm.JobOptions | None = None,
@@ -247,33 +360,34 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         cache_examples: cache example outputs on first use (lazily).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    choices, default, banner = model_menu(models or [])
-    h = Handlers(device, defaults or lrm.JobOptions(), sessions or Sessions(),
-                 {source: label for label, source in choices}, default)
-    d = h.defaults.for_model(h.settings_of(default))  # the controls' first values
+    choices, menu, default, banner = model_menu(models or [])
+    h = Handlers(device, defaults or lrm.JobOptions(), sessions or Sessions(), menu, default)
+    d = h.defaults.for_model(h.settings_of(h.runs(default)))  # the controls' first values
+    why = lrm.default_remover().check()  # once, at start-up: is rembg's model here?
+    if why:
+        banner += (f"\n\n**Background removal:** rembg cannot be used ({why}), so GrabCut cuts the objects out; "
+                   "pictures with a transparent background are used as they are.")
     with gr.Blocks(title=TITLE, delete_cache=(900, SESSION_TTL_S)) as demo:
         gr.Markdown(f"# {TITLE}\nUpload or drop a picture of one object. You get the cut-out input, a coloured "
                     "mesh you can turn around, and an orbit video. Weights: OpenLRM, "
                     "[CC BY-NC 4.0](https://creativecommons.org/licenses/by-nc/4.0/) (non-commercial).")
-        gr.Markdown(banner, visible=bool(banner), elem_id="banner")
+        gr.Markdown(banner.strip(), visible=bool(banner), elem_id="banner")
         with gr.Row(equal_height=True):
-            inp = gr.Image(label="Input image", type="pil", image_mode="RGBA", format="png",
-                           sources=["upload", "clipboard", "webcam"], elem_id="inp", height=320)
-            pre = gr.Image(label="Preprocessed", type="pil", image_mode="RGBA", format="png", interactive=False,
-                           elem_id="pre", height=320)
+            inp = ImageUpload(label="Input image", type="filepath", format="png", elem_id="inp", height=320,
+                              sources=["upload", "clipboard", "webcam"])
+            pre = ImageUpload(label="Preprocessed", type="filepath", format="png", interactive=False, elem_id="pre",
+                              height=320)
             m3d = gr.Model3D(label="Mesh (drag to rotate)", clear_color=(0.93, 0.93, 0.95, 1.0), elem_id="m3d",
                              height=320)
             vid = gr.Video(label="Orbit video", autoplay=True, loop=True, interactive=False, elem_id="vid",
                            height=320)
         with gr.Row():
             btn = gr.Button("Generate", variant="primary", elem_id="go", scale=2)
-            downloads = [gr.DownloadButton(fmt.upper(), visible=False, elem_id=f"dl-{fmt}")
-                         for fmt in ("glb", "obj", "ply", "mp4")]
-        timings = gr.Markdown(elem_id="timings")
+            downloads = [gr.DownloadButton(fmt.upper(), visible=False, elem_id=f"dl-{fmt}") for fmt in FILES]
+        summary = gr.Markdown(elem_id="timings", label="Summary")
         with gr.Accordion("Settings", open=False):
             with gr.Row():
-                model = gr.Dropdown(choices, value=default, label="Model", allow_custom_value=True, elem_id="model",
-                                    scale=2)
+                model = gr.Dropdown(choices, value=default, label="Model", elem_id="model", scale=2)
                 remove_bg = gr.Checkbox(d.remove_background, label="Remove background")
                 ratio = gr.Slider(0.5, 1.0, d.foreground_ratio, step=0.05, label="Foreground ratio")
                 distance = gr.Slider(1.0, 3.5, d.source_distance, step=0.1, label="Source camera distance")
@@ -284,21 +398,25 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                 views = gr.Slider(8, 200, d.n_views, step=1, label="Video views")
                 fps = gr.Slider(5, 60, d.fps, step=1, label="FPS")
                 frame = gr.Slider(64, 512, d.video_size, step=16, label="Frame size")
-        outputs = [m3d, vid, *downloads, timings]
+        outputs = [*downloads, summary]
 
         # Checking and preprocessing do not wait behind other users' generation jobs (their own concurrency);
-        # `generate` is limited by the queue's default (one job at a time: one GPU).
+        # `generate` is limited by the queue's default (one job at a time: one GPU). Its progress shows on the video
+        # panel only, so the mesh can be turned while the video renders.
         run = btn.click(h.check_input, [inp], None, concurrency_limit=None, api_visibility="private")
-        run = run.success(h.preprocess_image, [inp, remove_bg, ratio], [pre], api_name="preprocess",
+        run = run.success(h.preprocess, [inp, remove_bg, ratio], [pre], api_name="preprocess",
                           concurrency_limit=2, concurrency_id="preprocess")
         run.success(h.generate, [pre, model, distance, mesh_res, threshold, video_on, views, fps, frame], outputs,
-                    api_name="generate")
+                    api_name="generate", show_progress_on=[vid])
+        for button, viewer in zip(downloads, [m3d, None, None, vid]):
+            fn, shown = (shown_with_viewer, [button, viewer]) if viewer else (shown_if_set, [button])
+            button.change(fn, [button], shown, api_visibility="private", queue=False, show_progress="hidden")
         model.change(h.on_model_change, [model], [frame, mesh_res, ratio], api_visibility="private")
         examples = sorted(EXAMPLES_DIR.glob("*.png"))
         if examples:
-            gr.Examples([[str(p)] for p in examples], inputs=[inp], outputs=[pre] + outputs,
-                        fn=h.example, cache_examples=cache_examples, cache_mode="lazy", examples_per_page=12,
-                        label="Examples (procedural objects made by this project)")
+            gr.Examples([[str(p)] for p in examples], inputs=[inp], outputs=[pre] + outputs, fn=h.example,
+                        cache_examples=cache_examples, cache_mode="lazy", examples_per_page=12,
+                        label="Examples (procedural objects made by this project; click one to see its result)")
         demo.unload(h.sessions.close)
     return demo
 

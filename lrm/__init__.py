@@ -22,14 +22,15 @@ from .hub import (DEFAULT_MODEL, DEMO_MODEL, RELEASED_MODELS, CheckpointError, M
 from .mesh import MESH_FORMATS, export_mesh, extract_mesh
 from .model import LRM, PRECISIONS, Precision
 from .pipeline import MODES, STAGES, JobOptions, Mode, Reconstruction, reconstruct, reconstruct_steps
-from .preprocess import ImageError, image_to_tensor, preprocess
+from .preprocess import BackgroundRemover, ImageError, default_remover, image_to_tensor, preprocess
 from .video import render_video
 
 __all__ = [
     "LRM", "LRMConfig", "InferDefaults", "CheckpointError", "ModelUnavailableError", "RELEASED_MODELS", "DEMO_MODEL",
     "DEFAULT_MODEL", "load_model", "load_model_or_demo", "is_available", "model_defaults", "read_checkpoint",
     "save_pretrained", "convert_state_dict", "export_state_dict",
-    "image_to_tensor", "source_camera", "orbit_cameras", "get_rays", "preprocess", "ImageError",
+    "image_to_tensor", "source_camera", "orbit_cameras", "get_rays", "preprocess", "ImageError", "BackgroundRemover",
+    "default_remover",
     "Field", "FastField", "ReferenceField", "extract_mesh", "export_mesh", "MESH_FORMATS", "render_video",
     "JobOptions", "Mode", "MODES", "Precision", "PRECISIONS", "STAGES", "reconstruct", "reconstruct_steps",
     "Reconstruction",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .hub import DEFAULT_MODEL, load_model_or_demo
+from .hub import DEFAULT_MODEL, load_model, load_model_or_demo
 from .mesh import MESH_FORMATS
 from .model import PRECISIONS
 from .pipeline import MODES, STAGES, JobOptions, reconstruct
@@ -22,8 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m lrm", description="Single image to 3D with OpenLRM checkpoints: "
                                 "writes a coloured mesh (GLB/OBJ/PLY) and an orbit video (MP4) per input image.")
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively for images)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face repo id or local checkpoint (folder or file)"
-                   f" [default: {DEFAULT_MODEL}]")
+    p.add_argument("--model", default=None, help="Hugging Face repo id or local checkpoint (folder or file) [default: "
+                   f"{DEFAULT_MODEL}, or the embedded demo model when that cannot be obtained]")
     p.add_argument("--out", default="outputs", help="output folder [default: outputs]")
     p.add_argument("--formats", default=",".join(JOB.formats),
                    help=f"mesh formats, comma separated (any of {', '.join(MESH_FORMATS)}) [default: %(default)s]")
@@ -126,13 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     start = time.perf_counter()
-    try:
-        model, note = load_model_or_demo(args.model, device=args.device)
+    try:  # only the default model falls back to the embedded one; a model asked for by name loads or is an error
+        model, note = load_model_or_demo(DEFAULT_MODEL, device=args.device) if args.model is None else \
+            (load_model(args.model, device=args.device), None)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: cannot load model {args.model!r}: {err}", file=sys.stderr)
+        print(f"error: cannot load model {args.model or DEFAULT_MODEL!r}: {err}", file=sys.stderr)
         return 2
     if note:
-        print(f"NOTE: {note}", file=sys.stderr)
+        print(f"NOTE: no --model given; {note}", file=sys.stderr)
     print(f"model {model.source} ({model.release}) loaded in {time.perf_counter() - start:.1f}s on {args.device}")
 
     failures = 0
@@ -148,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         mesh = f"{len(result.mesh.vertices)} vertices" if result.mesh is not None else "no mesh"
         written = ",".join(k for k in result.files if k != "png")
-        log.finish(f"ok     {path} -> {Path(args.out) / name}.{{{written}}}  {mesh}  {result.summary()}")
+        status = "ok    " if not result.problems else "PARTLY"
+        log.finish(f"{status} {path} -> {Path(args.out) / name}.{{{written}}}  {mesh}  {result.summary()}"
+                   + "".join(f"\n       {problem}" for problem in result.problems))
+        failures += bool(result.problems)
     log.close()
     print(f"{len(images) - failures}/{len(images)} done in {time.perf_counter() - start:.1f}s, output in {args.out}")
     return 1 if failures else 0

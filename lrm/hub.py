@@ -415,17 +415,29 @@ def load_model_or_demo(source: str | os.PathLike, device: str | torch.device = "
                        dtype: torch.dtype = torch.float32) -> tuple[LRM, str | None]:
     """`load_model(source)`, or the embedded demo model when `source` is a Hub model that cannot be obtained now.
 
-    Returns the model and, when it fell back, a note saying which model runs and why. Other errors (an unknown or
-    damaged local file, tensors that do not fit) are raised as they are.
+    A Hub model that is not in the local cache while the Hub is out of reach (offline, or no answer within seconds)
+    falls back at once, without download retries. Returns the model and, when it fell back, a note saying which model
+    runs and why. Other errors (an unknown or damaged local file, tensors that do not fit) are raised as they are.
     """
+    def demo(why: str) -> tuple[LRM, str]:
+        note = (f"Using the embedded demo model '{DEMO_MODEL}' (trained on synthetic primitives only) because "
+                f"{source} is not available: {why}")
+        return load_model(DEMO_MODEL_DIR, device, dtype), note
+
+    if DEMO_MODEL_DIR.is_dir() and not is_available(source):
+        try:
+            hub_files(source)
+        except (FileNotFoundError, ValueError):
+            pass  # not a Hub name: load_model says what is wrong with it
+        else:
+            return demo("it is not in the local Hugging Face cache and the Hub "
+                        + ("is switched off (HF_HUB_OFFLINE=1)." if hub_offline() else "cannot be reached."))
     try:
         return load_model(source, device, dtype), None
     except ModelUnavailableError as err:
         if not DEMO_MODEL_DIR.is_dir():
             raise
-        note = (f"Using the embedded demo model '{DEMO_MODEL}' (trained on synthetic primitives only) because "
-                f"{source} is not available: {err}")
-        return load_model(DEMO_MODEL_DIR, device, dtype), note
+        return demo(str(err))
 
 
 def save_pretrained(model: LRM, folder: str | os.PathLike, release: str = "1.1",

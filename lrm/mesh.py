@@ -13,6 +13,10 @@ import torch
 from .field import Field, Progress
 
 
+class EmptyMeshError(ValueError):
+    """No surface: the field's density stays below the threshold everywhere on the grid."""
+
+
 def vertex_colors(field: Field, vertices: np.ndarray) -> np.ndarray:
     """uint8 RGBA colours [V, 4] of the field at vertices [V, 3]: rgb * 255 truncated, like the reference."""
     rgb = field.colors(torch.as_tensor(vertices, dtype=torch.float32))
@@ -22,7 +26,7 @@ def vertex_colors(field: Field, vertices: np.ndarray) -> np.ndarray:
 
 def extract_mesh(field: Field, resolution: int = 384, threshold: float = 3.0, progress: Progress | None = None):
     """Mesh of the density level set `threshold` of a field (`lrm.FastField` or `lrm.ReferenceField`) ->
-    `trimesh.Trimesh` with vertex colours.
+    `trimesh.Trimesh` with vertex colours. Raises `EmptyMeshError` (a ValueError) when there is no surface.
 
     The reference's `infer_mesh`: activated density on a G³ grid over [-1, 1]³ (`field.surface_grid`), PyMCubes
     marching cubes, vertices scaled to [-1, 1] (triplane world frame, z up), colours from the field at the vertices.
@@ -34,6 +38,10 @@ def extract_mesh(field: Field, resolution: int = 384, threshold: float = 3.0, pr
         raise ValueError(f"mesh resolution must be at least 2, got {resolution}")
     grid, lo = field.surface_grid(resolution, threshold, progress)
     vertices, faces = mcubes.marching_cubes(np.ascontiguousarray(grid.float().cpu().numpy()), threshold)
+    if len(faces) == 0:
+        peak = float(grid.max()) if grid.numel() else 0.0
+        raise EmptyMeshError(f"no surface: nothing is above the density threshold {threshold:g} (the highest density "
+                             f"on the {resolution}³ grid is {peak:.3g}); lower the threshold")
     if any(lo):
         vertices = vertices + np.asarray(lo)
     vertices = vertices / (resolution - 1) * 2 - 1

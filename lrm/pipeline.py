@@ -15,9 +15,9 @@ from .camera import source_camera
 from .config import InferDefaults
 from .fast import FastField
 from .field import ReferenceField
-from .mesh import MESH_FORMATS, export_mesh, extract_mesh
+from .mesh import MESH_FORMATS, EmptyMeshError, export_mesh, extract_mesh
 from .model import LRM, PRECISIONS, Precision
-from .preprocess import BackgroundRemover, ImageInput, image_to_tensor, load_image, preprocess
+from .preprocess import BackgroundRemover, ImageInput, check_visible, image_to_tensor, load_image, preprocess
 from .video import render_video
 
 # progress(stage, fraction): stage is one of STAGES, fraction in [0, 1] within that stage.
@@ -86,6 +86,7 @@ class Reconstruction:
     mesh: object | None                    # trimesh.Trimesh (triplane frame, z up) or None
     files: dict[str, Path] = field(default_factory=dict)   # "png", "glb", "obj", "ply", "mp4" -> path
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    problems: list[str] = field(default_factory=list)      # what could not be made, and why (e.g. an empty mesh)
 
     def summary(self) -> str:
         return "  ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
@@ -138,7 +139,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
 
     report("preprocess", 0.0)
     with _timed(result.timings, "preprocess"):
-        result.image = load_image(image) if preprocessed else preprocess(
+        result.image = check_visible(load_image(image)) if preprocessed else preprocess(
             image, remove_background=job.remove_background, foreground_ratio=job.foreground_ratio, remover=remover)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -159,9 +160,12 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
         report("mesh", 0.0)
         with _timed(result.timings, "mesh"):
             prepared = FIELDS[job.mode](model, result.planes)
-            result.mesh = extract_mesh(prepared, job.mesh_resolution, job.threshold,
-                                       progress=lambda done, total: report("mesh", 0.9 * done / total))
-            if out is not None:
+            try:
+                result.mesh = extract_mesh(prepared, job.mesh_resolution, job.threshold,
+                                           progress=lambda done, total: report("mesh", 0.9 * done / total))
+            except EmptyMeshError as err:  # the video can still show what there is
+                result.problems.append(f"mesh: {err}")
+            if out is not None and result.mesh is not None:
                 for fmt in job.formats:
                     result.files[fmt] = export_mesh(result.mesh, out / f"{name}.{fmt}")
         report("mesh", 1.0)

@@ -87,6 +87,13 @@ def load_image(image: ImageInput) -> Image.Image:
     return _to_rgb_or_rgba(image)
 
 
+def check_visible(image: Image.Image) -> Image.Image:
+    """The image itself, unless it is fully transparent (`ImageError`)."""
+    if image.mode == "RGBA" and image.getchannel("A").getextrema()[1] == 0:
+        raise ImageError("the image is fully transparent; there is nothing to reconstruct")
+    return image
+
+
 def has_meaningful_alpha(image: Image.Image) -> bool:
     """True when an RGBA image's alpha actually separates something (not all opaque, not all transparent)."""
     if image.mode != "RGBA":
@@ -123,8 +130,13 @@ class BackgroundRemover:
                 else:
                     self._session = rembg.new_session(self.model_name)
             except (Exception, SystemExit) as err:  # offline download failure, missing onnxruntime, bad file
-                self.unavailable = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+                self.unavailable = _why_unavailable(err, self.model_path or self.model_name)
         return self._session
+
+    def check(self) -> str | None:
+        """Make rembg's session now (once per process) -> None when it works, else why it cannot be used."""
+        self.session()
+        return self.unavailable
 
     def __call__(self, image: Image.Image) -> Image.Image:
         """RGB(A) image -> RGBA with the background transparent."""
@@ -132,14 +144,32 @@ class BackgroundRemover:
         if session is not None:
             import rembg
             return rembg.remove(image.convert("RGB"), session=session).convert("RGBA")
-        warnings.warn(f"rembg's background-removal model is unavailable ({self.unavailable}); using GrabCut "
-                      "seeded from the image border instead. For better cut-outs, give the image an alpha channel "
-                      "or make rembg's model available (see README).", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"rembg's background removal is unavailable ({self.unavailable}); GrabCut, seeded from the "
+                      "image border, cut the object out instead. For better cut-outs give the image an alpha channel, "
+                      "or point LRM_REMBG_MODEL_PATH at a local u2net.onnx (see README).", RuntimeWarning, stacklevel=2)
         return grabcut_foreground(image)
 
 
+def _why_unavailable(err: BaseException, model: str) -> str:
+    """A short, whole-word reason why rembg's session could not be made."""
+    names = {type(e).__name__ for e in (err, err.__cause__, err.__context__) if e is not None}
+    if names & {"ConnectionError", "NameResolutionError", "MaxRetryError", "URLError", "gaierror", "Timeout",
+                "ConnectTimeout", "ReadTimeout"}:
+        return f"its model '{model}' is not on this machine and could not be downloaded (no network)"
+    if isinstance(err, SystemExit):
+        return "onnxruntime is not installed (pip install 'rembg[cpu]')"
+    text = " ".join(str(err).split())
+    if len(text) > 200:
+        text = text[:200].rsplit(" ", 1)[0] + " …"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def grabcut_foreground(image: Image.Image, work_size: int = 320, iterations: int = 5) -> Image.Image:
-    """Foreground by OpenCV GrabCut, with a border band marked as background -> RGBA."""
+    """Foreground by OpenCV GrabCut, with a border band marked as background -> RGBA.
+
+    GrabCut's mask is then cleaned: a morphological opening removes thin structures (a horizon line, a table edge
+    running across the picture) and only connected pieces of at least a tenth of the largest one's area stay.
+    """
     import cv2
 
     rgb = np.asarray(image.convert("RGB"))
@@ -152,8 +182,14 @@ def grabcut_foreground(image: Image.Image, work_size: int = 320, iterations: int
     mask[:band], mask[-band:], mask[:, :band], mask[:, -band:] = cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-    fg = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8) * 255
-    alpha = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
+    fg = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    size = max(3, round(0.02 * max(sh, sw)) | 1)  # odd, ~2 % of the picture: wider than a line, narrower than a part
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if count > 1:
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        fg = np.isin(labels, 1 + np.nonzero(areas >= 0.1 * areas.max())[0]).astype(np.uint8)
+    alpha = cv2.resize(fg * 255, (w, h), interpolation=cv2.INTER_LINEAR)
     return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
 
 
@@ -161,6 +197,7 @@ _DEFAULT_REMOVER: BackgroundRemover | None = None
 
 
 def default_remover() -> BackgroundRemover:
+    """The shared background remover (one rembg session per process)."""
     global _DEFAULT_REMOVER
     if _DEFAULT_REMOVER is None:
         _DEFAULT_REMOVER = BackgroundRemover()
@@ -198,9 +235,7 @@ def preprocess(image: ImageInput, remove_background: bool = True, foreground_rat
     remove_background=False an image without alpha is only recentred as a whole (fully opaque).
     Raises `ImageError` for unreadable, empty, too small, too large or fully transparent images.
     """
-    image = load_image(image)
-    if image.mode == "RGBA" and image.getchannel("A").getextrema()[1] == 0:
-        raise ImageError("the image is fully transparent; there is nothing to reconstruct")
+    image = check_visible(load_image(image))
     if not has_meaningful_alpha(image):
         image = (remover or default_remover())(image) if remove_background else image.convert("RGBA")
     return recenter(image, foreground_ratio, size)

@@ -22,10 +22,11 @@ import lrm
 from conftest import REFCHECK
 
 TINY = str(REFCHECK / "refcheck-tiny-1.1" / "model")
+TINY_NAME = "local: refcheck-tiny-1.1/model"  # its name in the app's menu (no server path reaches a client)
 ROOT = Path(__file__).parent.parent
 LIGHT = lrm.JobOptions(mesh_resolution=32, n_views=8, fps=8)
 # generate(pre, model, distance, mesh resolution, threshold, video, views, fps, frame size)
-SETTINGS = (TINY, 2.0, 32, 3.0, True, 8, 8, 64)
+SETTINGS = (TINY_NAME, 2.0, 32, 3.0, True, 8, 8, 64)
 
 
 @pytest.fixture(scope="module")
@@ -68,30 +69,56 @@ def test_full_run_over_the_api(server, tmp_path):
     client = Client(url, verbose=False)
     pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
     image = Image.open(pre)
-    assert image.mode == "RGBA" and image.size == (512, 512) and Path(pre).suffix == ".png"
-    glb, mp4, b_glb, b_obj, b_ply, b_mp4, summary = client.predict(handle_file(pre), *SETTINGS,
-                                                                      api_name="/generate")
+    assert image.mode == "RGBA" and image.size == (512, 512) and Path(pre).name == "cone_input.png"
+    f_glb, f_obj, f_ply, f_mp4, summary = client.predict(handle_file(pre), *SETTINGS, api_name="/generate")
+    glb, mp4 = f_glb, f_mp4
     mesh = trimesh.load(glb, force="mesh")
     assert len(mesh.vertices) > 100 and mesh.visual.kind == "vertex"
     assert video_codec(mp4) == ("h264", "yuv420p")
     assert imageio_ffmpeg.count_frames_and_secs(mp4)[0] == 8
-    assert [Path(b["value"]).suffix for b in (b_glb, b_obj, b_ply, b_mp4)] == [".glb", ".obj", ".ply", ".mp4"]
-    assert all(b["visible"] for b in (b_glb, b_obj, b_ply, b_mp4))
+    # plain files, named after the input (unique per run on the server, in the run's own folder)
+    assert [Path(f).name for f in (f_glb, f_obj, f_ply, f_mp4)] == ["cone.glb", "cone.obj", "cone.ply", "cone.mp4"]
+    assert all(Path(f).is_file() for f in (f_glb, f_obj, f_ply, f_mp4))
     assert "Done" in summary and "mesh" in summary and "video" in summary
+    assert TINY_NAME in summary and str(ROOT) not in summary  # the model's name, no path
     # the session's own folder holds the run; it goes away when the session ends
     folder = sessions.root / client.session_hash
-    assert any(folder.rglob("openlrm-*.glb"))
+    assert any(folder.rglob("cone.glb"))
     close_session(url, client.session_hash)
     assert wait_until(lambda: not folder.exists())
+
+
+def test_the_api_is_documented_for_clients(server):
+    url, _ = server
+    api = Client(url, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert set(api) == {"/preprocess", "/generate"}
+    assert "/generate" in api["/preprocess"]["description"] and "/preprocess" in api["/generate"]["description"]
+    assert "cache" not in api["/preprocess"]["description"].lower()  # no implementation notes
+    assert [r["label"] for r in api["/generate"]["returns"]] == ["GLB", "OBJ", "PLY", "MP4", "Summary"]
+    assert [p["parameter_name"] for p in api["/generate"]["parameters"]][:2] == ["image", "model"]
+
+
+def test_the_readme_client_example_runs(server, tmp_path):
+    """The README's gradio_client example, as written there, against this server."""
+    url, _ = server
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(from gradio_client import .*?)```", text, re.S).group(1)
+    code = code.replace('"http://127.0.0.1:7860/"', repr(url))
+    code = code.replace('"examples/cone.png"', repr(str(ROOT / "examples" / "cone.png")))
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (our own README)
+    glb, obj, ply, mp4 = scope["files"]
+    assert [Path(f).name for f in (glb, obj, ply, mp4)] == ["cone.glb", "cone.obj", "cone.ply", "cone.mp4"]
+    assert all(Path(f).is_file() for f in (glb, obj, ply, mp4)) and "Done" in scope["summary"]
 
 
 def test_no_video_and_no_mesh_options(server):
     url, _ = server
     client = Client(url, verbose=False)
     pre = client.predict(handle_file(str(ROOT / "examples" / "torus.png")), True, 0.85, api_name="/preprocess")
-    glb, mp4, *buttons, summary = client.predict(handle_file(pre), TINY, 2.0, 32, 3.0, False, 8, 8, 64,
+    glb, obj, ply, mp4, summary = client.predict(handle_file(pre), TINY_NAME, 2.0, 32, 3.0, False, 8, 8, 64,
                                                  api_name="/generate")
-    assert glb.endswith(".glb") and mp4 is None and not buttons[3]["visible"]
+    assert glb.endswith("torus.glb") and obj.endswith("torus.obj") and mp4 is None and "video" not in summary
 
 
 def test_bad_inputs_become_readable_errors(server, tmp_path):
@@ -106,7 +133,7 @@ def test_bad_inputs_become_readable_errors(server, tmp_path):
     with pytest.raises(AppError, match="upload an image"):
         client.predict(None, *SETTINGS, api_name="/generate")
     pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
-    with pytest.raises(AppError, match="does not exist"):  # a load error is a message, not a dead app
+    with pytest.raises(AppError, match="not in the list of choices"):  # only the menu's models; not a dead app
         client.predict(handle_file(pre), "./no/such/checkpoint", *SETTINGS[1:], api_name="/generate")
     # and the app still serves
     glb, *_ = client.predict(handle_file(pre), *SETTINGS, api_name="/generate")
@@ -150,13 +177,28 @@ def test_concurrent_sessions_get_their_own_files(server):
         t.join(timeout=300)
     assert all(isinstance(r, tuple) for r in results), [repr(r)[:500] for r in results if not isinstance(r, tuple)]
     folders = [sessions.root / c.session_hash for c in clients]
-    assert len(set(folders)) == 3 and all(len(list(f.rglob("openlrm-*.glb"))) == 1 for f in folders)
+    assert len(set(folders)) == 3 and all(len(list(f.rglob("three_parts.glb"))) == 1 for f in folders)
     # a session's folder is not served to anybody: only the copies Gradio made of returned files are
-    other = httpx.get(f"{url.rstrip('/')}/gradio_api/file={next(folders[0].rglob('openlrm-*.glb'))}")
+    other = httpx.get(f"{url.rstrip('/')}/gradio_api/file={next(folders[0].rglob('three_parts.glb'))}")
     assert other.status_code in (403, 404)
     for c in clients:
         close_session(url, c.session_hash)
     assert wait_until(lambda: not any(f.exists() for f in folders))
+
+
+def test_a_job_stops_when_its_session_ends(server):
+    """A closed tab's job does not run on (the next user would wait behind it): it stops at its next frame, and its
+    folder goes once it has stopped."""
+    url, sessions = server
+    client = Client(url, verbose=False)
+    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.6, api_name="/preprocess")
+    job = client.submit(handle_file(pre), "lrm-demo-shapes", 2.0, 32, 3.0, True, 200, 8, 512, api_name="/generate")
+    assert wait_until(lambda: any((sessions.root / client.session_hash).rglob("cone.glb")), timeout=60)
+    close_session(url, client.session_hash)
+    assert wait_until(lambda: sessions.cancelled, timeout=60)  # stopped, not finished (200 frames of 512 px)
+    assert wait_until(lambda: not (sessions.root / client.session_hash).exists())
+    assert not any(sessions.root.rglob("cone.mp4"))
+    job.cancel()
 
 
 def test_sessions_expire_after_ttl(tmp_path):
@@ -179,8 +221,21 @@ def test_model_menu_and_defaults():
     config = demo.get_config_file()
     dropdown = next(c for c in config["components"] if c["props"].get("elem_id") == "model")
     values = [v[1] for v in dropdown["props"]["choices"]]
-    assert values[0] == TINY and dropdown["props"]["value"] == TINY
+    assert values[0] == TINY_NAME and dropdown["props"]["value"] == TINY_NAME
+    assert not any(str(ROOT) in v for v in values)  # the menu holds names, not the server's paths
     assert values[1] == "lrm-demo-shapes" and set(lrm.RELEASED_MODELS) <= set(values)
+    # offline, nothing cached: every released model says it cannot be used here, and what runs instead
+    labels = dict((v, label) for label, v in dropdown["props"]["choices"])
+    assert all(labels[m].endswith("(not available offline: runs lrm-demo-shapes)") for m in lrm.RELEASED_MODELS)
+    assert not dropdown["props"]["allow_custom_value"]
+    # choosing one sets the controls to the model that will run (the demo model's frame, mesh and framing)
+    handlers = app.Handlers("cpu", lrm.JobOptions(), app.Sessions(), {v: v for v in values}, TINY_NAME)
+    frame, mesh, ratio = handlers.on_model_change("zxhezexin/openlrm-mix-base-1.1")
+    demo_defaults = lrm.model_defaults("lrm-demo-shapes")
+    assert (frame.value, mesh.value, ratio.value) == (demo_defaults.render_size, demo_defaults.mesh_size, 0.6)
+    # a mistyped local path is left out with a line on stderr: the app still starts with what loads
+    choices, menu, default, _ = app.model_menu(["./no-such-dir", TINY])
+    assert default == TINY_NAME and menu[TINY_NAME] == TINY and "./no-such-dir" not in menu
     banner = next(c for c in config["components"] if c["props"].get("elem_id") == "banner")
     assert banner["props"]["visible"] and "Offline" in banner["props"]["value"]
     # without a local checkpoint, offline: the embedded demo model is the default, and the banner says so
@@ -188,6 +243,15 @@ def test_model_menu_and_defaults():
     dropdown = next(c for c in config["components"] if c["props"].get("elem_id") == "model")
     banner = next(c for c in config["components"] if c["props"].get("elem_id") == "banner")
     assert dropdown["props"]["value"] == "lrm-demo-shapes" and "lrm-demo-shapes" in banner["props"]["value"]
+
+
+def test_missing_rembg_model_is_said_once_at_start(monkeypatch):
+    module = sys.modules["lrm.preprocess"]  # (lrm.preprocess is also the function's name)
+    monkeypatch.setattr(module, "_DEFAULT_REMOVER", lrm.BackgroundRemover(model_path="/nonexistent/u2net.onnx"))
+    config = app.build_demo([TINY], "cpu", cache_examples=False).get_config_file()
+    banner = next(c for c in config["components"] if c["props"].get("elem_id") == "banner")
+    assert "**Background removal:** rembg cannot be used" in banner["props"]["value"] and "GrabCut" in banner["props"][
+        "value"]
 
 
 def test_spaces_gpu_decorator_is_optional():

@@ -8,6 +8,7 @@ refresh docs/screenshot.png from this test.
 import io
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,33 +128,98 @@ def test_generate_in_the_browser(server, browser, tmp_path):
     page.close()
 
 
-def test_the_embedded_model_on_an_example_names_no_paths(browser, tmp_path):
-    """What a new user sees offline: the embedded model on an example, shown by name (no machine path anywhere on
-    the page). LRM_UPDATE_SCREENSHOT=1 saves this page as the README's docs/screenshot.png."""
-    demo = app.build_demo(None, "cpu", defaults=lrm.JobOptions(n_views=VIEWS, fps=FPS), cache_examples=False,
-                          sessions=app.Sessions(tmp_path / "sessions"))
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """The app as a new user meets it offline: the embedded model, examples cached on first click."""
+    cache = tmp_path_factory.mktemp("examples-cache")
+    saved = os.environ.get("GRADIO_EXAMPLES_CACHE")
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(cache)
+    demo = app.build_demo(None, "cpu", defaults=lrm.JobOptions(n_views=48, fps=FPS, mesh_resolution=128),
+                          sessions=app.Sessions(tmp_path_factory.mktemp("demo-sessions")))
     demo.queue(default_concurrency_limit=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
-    try:
-        page = open_page(browser, url)
-        page.locator("#inp input[type=file]").set_input_files(str(ROOT / "examples" / "three_parts.png"))
-        page.wait_for_selector("#inp img")
-        page.click("#go")
-        page.wait_for_selector("#m3d canvas", timeout=180_000)
-        assert canvas_rendered(page, "#m3d canvas")
-        wait_video(page)
-        page.get_by_text("Done").first.wait_for(timeout=10_000)
-        text = page.inner_text("body")
-        assert f"with `{lrm.DEMO_MODEL}`" in text or f"with {lrm.DEMO_MODEL}" in text
-        assert str(ROOT) not in text and str(tmp_path) not in text and "/tmp/" not in text
-        time.sleep(1.0)
-        shot = tmp_path / "screenshot.png"
-        page.screenshot(path=str(shot), full_page=True)
-        if os.environ.get("LRM_UPDATE_SCREENSHOT"):
-            shutil.copy(shot, ROOT / "docs" / "screenshot.png")
-        page.close()
-    finally:
-        demo.close()
+    yield url
+    demo.close()
+    if saved is None:
+        os.environ.pop("GRADIO_EXAMPLES_CACHE")
+    else:
+        os.environ["GRADIO_EXAMPLES_CACHE"] = saved
+
+
+def no_error_badge(page) -> bool:
+    return page.get_by_text("Error", exact=True).count() == 0
+
+
+def mesh_unobstructed(page) -> bool:
+    """The mesh panel carries no progress overlay: its status tracker is hidden."""
+    return page.locator("#m3d [data-testid=status-tracker]").evaluate(
+        "e => e.classList.contains('hide') || e.classList.contains('hidden')")
+
+
+def test_clicking_an_example_shows_its_mesh(demo_server, browser):
+    page = open_page(browser, demo_server)
+    page.locator("button.gallery-item").first.click()
+    page.wait_for_selector("#m3d canvas", timeout=180_000)
+    assert canvas_rendered(page, "#m3d canvas")
+    page.get_by_text("Done").first.wait_for(timeout=60_000)
+    assert no_error_badge(page)
+    page.close()
+    page = open_page(browser, demo_server)  # a second visitor gets the cached result
+    page.locator("button.gallery-item").first.click()
+    page.wait_for_selector("#m3d canvas", timeout=30_000)
+    assert canvas_rendered(page, "#m3d canvas") and no_error_badge(page)
+    page.close()
+
+
+def test_the_mesh_shows_with_the_video_off(demo_server, browser):
+    page = open_page(browser, demo_server)
+    page.click("text=Settings")
+    page.get_by_label("Render video").uncheck()
+    page.locator("#inp input[type=file]").set_input_files(str(ROOT / "examples" / "cone.png"))
+    page.wait_for_selector("#inp img")
+    page.click("#go")
+    page.get_by_text("Done").first.wait_for(timeout=120_000)
+    page.wait_for_selector("#m3d canvas", timeout=30_000)
+    assert canvas_rendered(page, "#m3d canvas") and mesh_unobstructed(page) and no_error_badge(page)
+    assert page.locator("#vid video").count() == 0
+    page.close()
+
+
+def test_the_mesh_can_be_seen_while_the_video_renders(demo_server, browser):
+    page = open_page(browser, demo_server)
+    page.locator("#inp input[type=file]").set_input_files(str(ROOT / "examples" / "torus.png"))
+    page.wait_for_selector("#inp img")
+    page.click("#go")
+    page.get_by_text("Mesh ready").first.wait_for(timeout=120_000)
+    page.wait_for_selector("#m3d canvas", timeout=30_000)
+    assert canvas_rendered(page, "#m3d canvas")
+    # the video is still being made: its panel shows the progress, the mesh panel does not
+    assert page.locator("#vid video").count() == 0 and "frames" in page.inner_text("#vid")
+    assert mesh_unobstructed(page)
+    wait_video(page)
+    page.close()
+
+
+def test_the_embedded_model_on_an_example_names_no_paths(demo_server, browser, tmp_path):
+    """What a new user sees offline: the embedded model on an example, shown by name (no machine path anywhere on
+    the page). LRM_UPDATE_SCREENSHOT=1 saves this page as the README's docs/screenshot.png."""
+    page = open_page(browser, demo_server)
+    page.locator("#inp input[type=file]").set_input_files(str(ROOT / "examples" / "three_parts.png"))
+    page.wait_for_selector("#inp img")
+    page.click("#go")
+    page.wait_for_selector("#m3d canvas", timeout=180_000)
+    assert canvas_rendered(page, "#m3d canvas")
+    wait_video(page)
+    page.get_by_text("Done").first.wait_for(timeout=10_000)
+    text = page.inner_text("body")
+    assert f"with `{lrm.DEMO_MODEL}`" in text or f"with {lrm.DEMO_MODEL}" in text
+    assert str(ROOT) not in text and "/tmp/" not in text and tempfile.gettempdir() not in text
+    time.sleep(1.0)
+    shot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("LRM_UPDATE_SCREENSHOT"):
+        shutil.copy(shot, ROOT / "docs" / "screenshot.png")
+    page.close()
 
 
 def test_bad_file_shows_error_toast(server, browser, tmp_path):

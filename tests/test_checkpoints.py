@@ -175,6 +175,28 @@ def test_unknown_sources_offline():
         load_model("./no/such/folder")
 
 
+def test_availability_and_settings_without_loading(tmp_path, monkeypatch):
+    # never raises, never downloads: mistyped paths and invalid ids are simply not available
+    for source in ("./no-such-dir", "/etc/nothing-here", "a b/c", "zxhezexin/openlrm-mix-base-1.1", "x/y/z"):
+        assert not lrm.is_available(source)
+    assert lrm.is_available(TINY_11) and lrm.is_available("lrm-demo-shapes")
+    assert lrm.model_defaults(TINY_10).render_size == lrm.load_model(TINY_10).infer_defaults.render_size
+    with pytest.raises(CheckpointError, match="neither a local path nor a Hugging Face repo id"):
+        load_model("a b/c")
+
+
+def test_unavailable_hub_model_falls_back_at_once(monkeypatch):
+    """Offline and not cached: the demo model, with a note, without a single download attempt (each costs ~23 s of
+    retries when the network is merely unreachable)."""
+    def no_download(*args):
+        pytest.fail(f"tried to download {args}")
+    monkeypatch.setattr(lrm.hub, "_hub_download", no_download)
+    model, note = lrm.load_model_or_demo("zxhezexin/openlrm-obj-large-1.1")
+    assert model.source.endswith("model.safetensors") and "lrm-demo-shapes" in note and "HF_HUB_OFFLINE" in note
+    with pytest.raises(FileNotFoundError):  # not a Hub name: no fallback, the error says what is wrong
+        lrm.load_model_or_demo("./no/such/folder")
+
+
 def _fake_hub_cache(cache, repo_id, files):
     """Lay files out as huggingface_hub's cache does, so the real download code finds them offline."""
     commit = "0" * 40

@@ -147,6 +147,50 @@ def test_grabcut_fallback_when_rembg_model_is_unavailable():
     # the cut-out itself: GrabCut's alpha agrees with the disc
     alpha = np.asarray(grabcut_foreground(Image.fromarray(rgb)).getchannel("A")) > 127
     assert (alpha == inside).mean() > 0.97
+    assert remover.unavailable.endswith("File doesn't exist")  # the whole reason, not cut off mid-word
+
+
+def test_rembg_download_failure_reads_as_no_network():
+    import requests
+    from lrm.preprocess import _why_unavailable
+    try:
+        try:
+            raise OSError("Failed to resolve 'github.com' ([Errno -3] Temporary failure in name resolution)")
+        except OSError as cause:
+            raise requests.exceptions.ConnectionError("HTTPSConnectionPool(host='github.com', port=443): Max retries "
+                                                      "exceeded with url: /danielgatis/rembg/releases/download/" +
+                                                      "x" * 300) from cause
+    except requests.exceptions.ConnectionError as err:
+        why = _why_unavailable(err, "u2net")
+    assert why == "its model 'u2net' is not on this machine and could not be downloaded (no network)"
+    long = _why_unavailable(ValueError("word " * 100), "u2net")
+    assert long.endswith("word …") and len(long) < 230
+
+
+def photo_of_a_mug(size=240):
+    """A photo-like scene: wall and table of slightly different greys with sensor noise, a dark mug (body and handle)
+    standing on the table, and the table's edge: a one-pixel line of the mug's colour across the whole width
+    -> RGB, and the mug's box (x0, y0, x1, y1)."""
+    yy, xx = np.mgrid[:size, :size] / size
+    img = np.where(yy[..., None] < 0.6, [200, 200, 205], [170, 160, 150]).astype(np.float64)
+    img += np.random.default_rng(0).normal(0, 3, img.shape)
+    img[int(0.6 * size)] = [50, 50, 55]
+    body = (np.abs(xx - 0.45) < 0.15) & (yy > 0.35) & (yy < 0.75)
+    ring = (xx - 0.62) ** 2 / 0.06 ** 2 + (yy - 0.55) ** 2 / 0.1 ** 2 < 1
+    hole = (xx - 0.62) ** 2 / 0.035 ** 2 + (yy - 0.55) ** 2 / 0.065 ** 2 < 1
+    mug = body | (ring & ~hole & (xx > 0.6))
+    img[mug] = [50, 50, 55]
+    ys, xs = np.nonzero(mug)
+    return img.clip(0, 255).astype(np.uint8), (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_grabcut_fallback_keeps_the_object_not_a_line_across_the_picture():
+    rgb, (x0, y0, x1, y1) = photo_of_a_mug()
+    alpha = np.asarray(grabcut_foreground(Image.fromarray(rgb)).getchannel("A")) > 127
+    ys, xs = np.nonzero(alpha)
+    # the cut-out's box is the mug's (within a few pixels), not the full width of the horizon line
+    assert abs(xs.min() - x0) <= 6 and abs(xs.max() + 1 - x1) <= 6
+    assert abs(ys.min() - y0) <= 6 and abs(ys.max() + 1 - y1) <= 6
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -313,12 +357,31 @@ def test_cli_module_entry_point_and_model_error(tmp_path):
     assert bad.returncode == 2 and "cannot load model" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_cli_refuses_an_unavailable_model_it_was_asked_for(tmp_path):
+    """Only the default model falls back to the demo model; a named one that cannot be loaded is an error."""
+    for model in ("nobody/x", "zxhezexin/openlrm-obj-large-1.1"):
+        done = subprocess.run([sys.executable, "-m", "lrm", str(ROOT / "examples" / "torus.png"), "--out",
+                               str(tmp_path), "--model", model], capture_output=True, text=True)
+        assert done.returncode == 2 and f"cannot load model '{model}'" in done.stderr and "Traceback" not in done.stderr
+        assert not any(tmp_path.iterdir())
+
+
+def test_empty_mesh_is_a_clear_message_and_the_video_is_still_made(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lrm", str(ROOT / "examples" / "torus.png"), "--out", str(tmp_path),
+                           "--model", "lrm-demo-shapes", "--mesh-resolution", "32", "--threshold", "5000",
+                           "--views", "2", "--video-size", "32"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "PARTLY" in done.stdout and "nothing is above the density threshold 5000" in done.stdout
+    assert "lower the threshold" in done.stdout and "Traceback" not in done.stderr
+    assert (tmp_path / "torus.mp4").is_file() and not (tmp_path / "torus.glb").exists()
+
+
 def test_cli_falls_back_to_the_demo_model_offline(tmp_path):
     """The default Hub model is not reachable here (HF_HUB_OFFLINE=1, nothing cached): the embedded model runs."""
     done = subprocess.run([sys.executable, "-m", "lrm", str(ROOT / "examples" / "torus.png"), "--out", str(tmp_path),
                            "--mesh-resolution", "48", "--views", "4"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "NOTE: Using the embedded demo model 'lrm-demo-shapes'" in done.stderr
+    assert "NOTE: no --model given; Using the embedded demo model 'lrm-demo-shapes'" in done.stderr
     assert "openlrm-mix-base-1.1" in done.stderr
     assert (tmp_path / "torus.glb").is_file() and (tmp_path / "torus.mp4").is_file()
     # recentred at the demo model's own ratio (its training views' framing), not the released models' 0.85
