@@ -14,6 +14,7 @@ import gc
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -36,8 +37,12 @@ except ImportError:
         return fn if fn is not None else (lambda f: f)
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
-SESSION_ROOT = Path(tempfile.gettempdir()) / "openlrm-demo-sessions"
+# Each app process keeps its temporary files below RUN_ROOT/<pid>: its sessions' outputs and (unless GRADIO_TEMP_DIR
+# is set) Gradio's upload and output cache. They go when the process ends; a start removes those of dead processes.
+RUN_ROOT = Path(tempfile.gettempdir()) / "openlrm-demo"
+SESSION_ROOT = RUN_ROOT / str(os.getpid()) / "sessions"
 SESSION_TTL_S = 2 * 3600
+MAX_UPLOAD_MB = 20  # uploads above this are refused before they reach the disk's cache
 TITLE = "OpenLRM: one image to a 3D object"
 FILES = ("glb", "obj", "ply", "mp4")  # the download buttons
 
@@ -431,8 +436,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--queue-size", type=int, default=20, help="waiting jobs before new ones are refused")
+    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
+                   help=f"refuse larger uploads [default: {MAX_UPLOAD_MB}]")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     return p.parse_args(argv)
+
+
+def sweep_dead_runs(root: Path = RUN_ROOT) -> None:
+    """Remove the temporary files of app processes that are gone (killed without cleaning up)."""
+    for folder in root.glob("*"):
+        if folder.name.isdigit() and int(folder.name) != os.getpid():
+            try:
+                os.kill(int(folder.name), 0)
+            except ProcessLookupError:
+                shutil.rmtree(folder, ignore_errors=True)
+            except PermissionError:
+                pass  # alive, another user's
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -449,9 +468,22 @@ def main(argv: list[str] | None = None) -> None:
         if not sep or not user:
             raise SystemExit("--auth must be USER:PASS")
         auth = (user, password)
-    demo = build_demo(args.model, args.device)
-    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, show_error=True)
+    sweep_dead_runs()
+    run_root = SESSION_ROOT.parent
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(run_root / "gradio"))  # read by Gradio when it stores a file
+
+    def stop(signum, _frame):  # SIGTERM ends the server like Ctrl-C, so the cleanup below runs
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        demo = build_demo(args.model, args.device)
+        demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, show_error=True,
+                    max_file_size=f"{args.max_upload_mb}mb")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutil.rmtree(run_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,18 @@ def _config_from(kwargs: Any, where: str) -> LRMConfig:
         raise CheckpointError(f"{where}: {err}") from None
 
 
+def _infer_from(obj: Any, config: LRMConfig, release: str, where: str) -> Mapping[str, Any]:
+    """Stored inference settings, checked: a mapping whose values make `InferDefaults`."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{where} must hold a JSON object of inference settings, got {type(obj).__name__}.")
+    try:
+        infer_defaults_for(config, obj, release)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: a setting has a wrong type or value ({err}). Fix or delete the file.") \
+            from None
+    return obj
+
+
 def _state_dict_from(obj: Any, where: str) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{where} does not hold a state dict of tensors; it is not an OpenLRM checkpoint.")
@@ -178,7 +190,7 @@ def read_checkpoint(path: str | os.PathLike, *, weights: bool = True) -> Checkpo
         config = _config_from(_read_json(config_path), str(config_path))
         # This project's checkpoints may carry their inference settings in infer.json (the releases do not).
         infer_path = path.with_name("infer.json")
-        infer = _read_json(infer_path) if infer_path.is_file() else None
+        infer = _infer_from(_read_json(infer_path), config, "1.1", str(infer_path)) if infer_path.is_file() else None
         if not weights:
             return Checkpoint(config, {}, infer, "1.1", str(path))
         raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
@@ -191,6 +203,7 @@ def read_checkpoint(path: str | os.PathLike, *, weights: bool = True) -> Checkpo
                 raise CheckpointError(f"{path}: kwargs['model'] is missing; not an OpenLRM v1.0 checkpoint.")
             config = _config_from(kwargs["model"], f"{path} kwargs['model']")
             infer = kwargs.get("infer") if isinstance(kwargs.get("infer"), Mapping) else None
+            infer = _infer_from(infer, config, "1.0", f"{path} kwargs['infer']") if infer else None
             state = _state_dict_from(obj["weights"], str(path)) if weights else {}
             return Checkpoint(config, state, infer, "1.0", str(path))
         config_path = path.with_name("config.json")

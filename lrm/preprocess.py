@@ -23,6 +23,7 @@ ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray]
 
 MIN_SIDE = 16                 # smaller images hold no usable object
 MAX_PIXELS = 64_000_000       # refuse decompression-bomb sized images (PIL's own limit warns at 89 M pixels)
+MAX_SIDE = 2048               # larger images are scaled down first: the models see at most 448 px, rembg's u2net 320
 ALPHA_THRESHOLD = 127         # alpha above this is foreground for the bounding box
 
 
@@ -50,41 +51,53 @@ def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
-def load_image(image: ImageInput) -> Image.Image:
-    """Open a path / PIL image / uint8 array as RGB or RGBA: EXIF rotation applied, first frame of animations."""
+def load_image(image: ImageInput, max_side: int | None = MAX_SIDE) -> Image.Image:
+    """Open a path / PIL image / uint8 array as RGB or RGBA: EXIF rotation applied, first frame of animations, and
+    scaled down to `max_side` pixels on its longer side (None: as it is).
+
+    Messages name the file, not its folder (they may reach other people, e.g. through the app).
+    """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ImageError(f"an image array must be uint8 HxW, HxWx3 or HxWx4, got {image.dtype} {image.shape}")
         image = Image.fromarray(image)
     elif not isinstance(image, Image.Image):
         path = Path(image)
+        if path.is_dir():
+            raise ImageError(f"{path.name} is a folder, not an image file")
         if not path.is_file():
-            raise ImageError(f"{path}: no such file")
+            raise ImageError(f"{path.name}: no such file")
         if path.stat().st_size == 0:
-            raise ImageError(f"{path} is empty (0 bytes)")
+            raise ImageError(f"{path.name} is empty (0 bytes)")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                opened = Image.open(path)  # reads the header only
-                if opened.width * opened.height <= MAX_PIXELS:
-                    opened.load()
+                image = Image.open(path)  # reads the header only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{path} is too large to process safely; use an image under "
+            raise ImageError(f"{path.name} is too large to process safely; use an image under "
                              f"{MAX_PIXELS // 1_000_000} megapixels") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ImageError(f"{path} is not an image PIL can read ({type(err).__name__}); use a PNG, JPEG or "
-                             "WebP file") from None
-        image = opened
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)  # animated GIF / WebP / APNG: the first frame
+            raise ImageError(f"{path.name} is not an image that can be read ({type(err).__name__}); use a PNG, JPEG "
+                             "or WebP file") from None
+        if max_side and image.width * image.height <= MAX_PIXELS and image.format == "JPEG":
+            image.draft(image.mode, (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale: a fraction of the memory
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(f"the image is too large ({width}x{height}); use one under {MAX_PIXELS // 1_000_000} "
                          "megapixels")
     if min(width, height) < MIN_SIDE:
         raise ImageError(f"the image is too small ({width}x{height}); use one at least {MIN_SIDE} px on each side")
-    image = ImageOps.exif_transpose(image) or image
-    return _to_rgb_or_rgba(image)
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)  # animated GIF / WebP / APNG: the first frame
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        if max_side and max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        return _to_rgb_or_rgba(image)
+    except (OSError, SyntaxError, ValueError) as err:  # a truncated or corrupted file shows only when decoded
+        raise ImageError(f"the image cannot be decoded ({type(err).__name__}: {err}); the file is truncated or "
+                         "corrupted") from None
 
 
 def check_visible(image: Image.Image) -> Image.Image:

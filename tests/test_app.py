@@ -1,14 +1,17 @@
 """The Gradio app through its API (gradio_client against a launched server): full runs, errors, sessions."""
 
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import imageio_ffmpeg
+import numpy as np
 import pytest
 import trimesh
 import yaml
@@ -34,7 +37,8 @@ def server(tmp_path_factory):
     sessions = app.Sessions(tmp_path_factory.mktemp("sessions"))
     demo = app.build_demo([TINY], "cpu", defaults=LIGHT, cache_examples=False, sessions=sessions)
     demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
+    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True,
+                            max_file_size=f"{app.MAX_UPLOAD_MB}mb")
     yield url, sessions
     demo.close()
 
@@ -138,6 +142,93 @@ def test_bad_inputs_become_readable_errors(server, tmp_path):
     # and the app still serves
     glb, *_ = client.predict(handle_file(pre), *SETTINGS, api_name="/generate")
     assert Path(glb).is_file()
+
+
+def bad_files(folder):
+    """Uploads a careless or hostile user sends -> {name: path}."""
+    from test_outputs import disc_image
+    files = {"text.png": "this is not an image", "empty.png": b""}
+    for name, text in files.items():
+        (folder / name).write_bytes(text.encode() if isinstance(text, str) else text)
+    for fmt in ("png", "jpg"):
+        Image.fromarray(disc_image(size=300)[0]).save(folder / f"cut.{fmt}")
+        data = (folder / f"cut.{fmt}").read_bytes()
+        (folder / f"cut.{fmt}").write_bytes(data[: len(data) // 2])
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png")  # 400 megapixels in a few kB
+    with open(folder / "huge.png", "wb") as f:  # above the upload limit
+        f.write(b"not an image\n" * ((app.MAX_UPLOAD_MB + 5) * 2 ** 20 // 13))
+    return {p.name: p for p in folder.iterdir()}
+
+
+def test_bad_uploads_get_our_message_and_no_server_path(server, tmp_path):
+    url, _ = server
+    client = Client(url, verbose=False)
+    expected = {"text.png": "not an image that can be read", "empty.png": "empty (0 bytes)",
+                "cut.png": "truncated or corrupted", "cut.jpg": "truncated or corrupted", "bomb.png": "too large"}
+    files = bad_files(tmp_path)
+    huge = files.pop("huge.png")
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):  # the client knows the server's limit
+        client.predict(handle_file(str(huge)), True, 0.85, api_name="/preprocess")
+    with open(huge, "rb") as f:  # and the server refuses it, whatever the client
+        answer = httpx.post(f"{url.rstrip('/')}/gradio_api/upload", files={"files": ("huge.png", f)}, timeout=60)
+    assert answer.status_code == 413 and tempfile.gettempdir() not in answer.text
+    for name, path in files.items():
+        for call in ((True, 0.85, "/preprocess"), (*SETTINGS, "/generate")):
+            with pytest.raises(AppError) as info:
+                client.predict(handle_file(str(path)), *call[:-1], api_name=call[-1])
+            message = str(info.value)
+            assert expected[name] in message, (name, call[-1], message)
+            assert tempfile.gettempdir() not in message and "gradio/" not in message and "Traceback" not in message
+    # and the server still serves
+    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
+    assert Path(client.predict(handle_file(pre), *SETTINGS, api_name="/generate")[0]).is_file()
+
+
+def test_unusual_pictures_straight_to_generate(server, tmp_path):
+    """/generate given what /preprocess did not make: 16-bit, fully transparent; a threshold above every density."""
+    url, _ = server
+    client = Client(url, verbose=False)
+    from test_outputs import disc_image
+    grey = np.asarray(Image.fromarray(disc_image(size=256)[0]).convert("L")).astype(np.uint16) * 257
+    Image.fromarray(grey).save(tmp_path / "deep.png")  # 16-bit PNG
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    glb, *_, summary = client.predict(handle_file(str(tmp_path / "deep.png")), *SETTINGS, api_name="/generate")
+    assert Path(glb).is_file() and "Done" in summary
+    pre = client.predict(handle_file(str(tmp_path / "deep.png")), True, 0.85, api_name="/preprocess")
+    assert Image.open(pre).size == (512, 512)
+    Image.new("RGBA", (256, 256), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    with pytest.raises(AppError, match="fully transparent"):
+        client.predict(handle_file(str(tmp_path / "clear.png")), *SETTINGS, api_name="/generate")
+    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.6, api_name="/preprocess")
+    glb, obj, ply, mp4, summary = client.predict(handle_file(pre), "lrm-demo-shapes", 2.0, 64, 20.0, True, 8, 8, 64,
+                                                 api_name="/generate")
+    assert glb is None and obj is None and Path(mp4).is_file()
+    assert "Not made" in summary and "lower the threshold" in summary
+
+
+def test_the_server_loads_only_its_menu(server, tmp_path):
+    """No client can make the server look at a path or a Hub id outside its menu: every such value gets the same
+    answer, whether the path exists or not."""
+    url, _ = server
+    client = Client(url, verbose=False)
+    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
+    answers = []
+    for model in ("/etc/shadow", "/etc/nonexistent", str(REFCHECK / "refcheck-tiny-1.0" / "model"), TINY,
+                  "someone/some-model", "../../etc/passwd"):
+        with pytest.raises(AppError) as info:
+            client.predict(handle_file(pre), model, *SETTINGS[1:], api_name="/generate")
+        answers.append(str(info.value).replace(repr(model), "MODEL").replace(model, "MODEL"))
+    assert len(set(answers)) == 1 and "not in the list of choices" in answers[0]
+
+
+def test_every_default_works_every_time(server):
+    """The call the API page shows (every parameter at its default), several times: every file is served."""
+    url, _ = server
+    client = Client(url, verbose=False)
+    pre = client.predict(handle_file(str(ROOT / "examples" / "torus.png")), api_name="/preprocess")
+    for _ in range(3):
+        *files, summary = client.predict(handle_file(pre), api_name="/generate")
+        assert all(Path(f).is_file() for f in files) and "Done" in summary
 
 
 def test_unavailable_hub_model_falls_back_to_the_demo_model(server):
@@ -268,26 +359,52 @@ def test_space_front_matter():
     assert len(meta["short_description"]) <= 60
 
 
-def test_main_starts_offline_and_share_fails_gracefully(tmp_path):
-    """`python app.py --offline --share` with no network: the local server still comes up and answers."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9",
+def test_main_starts_offline_serves_and_leaves_nothing_behind(tmp_path):
+    """`python app.py --offline --share` with no network and a mistyped --model: the local server comes up with the
+    models that load and answers; its temporary files live below TMPDIR/openlrm-demo/<pid> and go on SIGTERM; a start
+    removes those of a process that was killed."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not _alive(pid))
+    (tmp / "openlrm-demo" / str(dead) / "sessions" / "old").mkdir(parents=True)  # a killed app's leftovers
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9", "TMPDIR": str(tmp),
            "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1,localhost",
            "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
            "LRM_REMBG_MODEL_PATH": str(REFCHECK.parent / "rembg" / "red_segmenter.onnx")}
     port = 7900 + (int(time.time()) % 50)
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--offline", "--share", "--port", str(port),
-                             "--model", TINY], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path)
+                             "--model", "./no-such-dir", "--model", TINY], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     try:
         assert wait_until(lambda: _answers(f"http://127.0.0.1:{port}/"), timeout=90)
-        time.sleep(5)  # the share attempt runs after the local URL
+        assert not (tmp / "openlrm-demo" / str(dead)).exists()
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
+        glb, *_ = client.predict(handle_file(pre), *SETTINGS, api_name="/generate")
+        assert Path(glb).name == "cone.glb"
+        ours = tmp / "openlrm-demo" / str(proc.pid)
+        assert any((ours / "sessions").rglob("cone.glb")) and any((ours / "gradio").rglob("cone_input.png"))
+        time.sleep(3)  # the share attempt runs after the local URL
         assert proc.poll() is None and _answers(f"http://127.0.0.1:{port}/")
     finally:
-        proc.terminate()
+        proc.terminate()  # SIGTERM
         output = proc.communicate(timeout=30)[0]
-    assert "Running on local URL" in output
+    assert "Running on local URL" in output and "Traceback" not in output
+    assert "--model ./no-such-dir: not a local checkpoint" in output
     # the share attempt was made and failed (no network), and said so; the local server went on answering above
     assert "Could not create share link" in output
+    assert not (tmp / "openlrm-demo" / str(proc.pid)).exists()
+    assert not any(p for p in tmp.rglob("*") if p.is_file() and p.suffix in (".glb", ".png", ".mp4", ".obj", ".ply"))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _answers(url):

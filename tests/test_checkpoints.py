@@ -166,6 +166,16 @@ def test_bad_config_keys(tmp_path):
         load_model(tmp_path)
 
 
+def test_bad_infer_json_names_the_file(tmp_path):
+    shutil.copytree(TINY_11, tmp_path / "m")
+    (tmp_path / "m" / "infer.json").write_text('{"render_size": "large"}')
+    with pytest.raises(CheckpointError, match=r"infer\.json: a setting has a wrong type or value"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "infer.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"infer\.json must hold a JSON object"):
+        load_model(tmp_path / "m")
+
+
 def test_unknown_sources_offline():
     with pytest.raises(CheckpointError, match="cannot be reached"):
         load_model("someone/not-an-openlrm-model")

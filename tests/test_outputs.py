@@ -135,6 +135,41 @@ def test_bad_inputs(tmp_path):
         preprocess(tmp_path / "clear.png")
     with pytest.raises(ImageError, match="no foreground"):
         preprocess(Image.new("RGB", (64, 64)), remover=lambda im: im.convert("RGBA").point(lambda _: 0))
+    with pytest.raises(ImageError, match="is a folder, not an image file"):
+        preprocess(tmp_path)
+    # truncated files, as a path or as a lazily opened PIL image: ImageError, not OSError
+    for fmt in ("PNG", "JPEG"):
+        path = tmp_path / f"cut.{fmt.lower()}"
+        Image.fromarray(disc_image(size=300)[0]).save(path, fmt)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        for source in (path, Image.open(path)):
+            with pytest.raises(ImageError, match="truncated or corrupted"):
+                preprocess(source)
+    # messages name the file, never the folder it is in (they may reach other people through the app)
+    for name in ("empty.png", "text.png", "missing.png", "huge.png"):
+        with pytest.raises(ImageError) as info:
+            preprocess(tmp_path / name)
+        assert str(tmp_path) not in str(info.value)
+
+
+def test_large_images_are_scaled_down_before_anything_else(tmp_path):
+    rgb, _ = disc_image(size=2000, center=(0.4, 0.5))
+    big = np.kron(rgb, np.ones((3, 3, 1), np.uint8))[:5000, :6000]  # 6000 x 5000
+    Image.fromarray(big).save(tmp_path / "big.jpg", quality=90)
+    from lrm.preprocess import MAX_SIDE, load_image
+    loaded = load_image(tmp_path / "big.jpg")
+    assert max(loaded.size) == MAX_SIDE and loaded.size[0] / loaded.size[1] == pytest.approx(6000 / 5000, abs=0.01)
+    seen = []
+    out = preprocess(tmp_path / "big.jpg", remover=lambda im: seen.append(im.size) or rembg_like(im))
+    assert seen == [loaded.size]  # background removal got the scaled-down picture
+    assert_centred(out)
+
+
+def rembg_like(image):
+    """A stand-in background remover: red is foreground."""
+    a = np.asarray(image.convert("RGB")).astype(int)
+    alpha = ((a[..., 0] > 150) & (a[..., 1] < 100)).astype(np.uint8) * 255
+    return Image.fromarray(np.dstack([a.astype(np.uint8), alpha]), "RGBA")
 
 
 def test_grabcut_fallback_when_rembg_model_is_unavailable():
@@ -364,6 +399,9 @@ def test_cli_refuses_an_unavailable_model_it_was_asked_for(tmp_path):
                                str(tmp_path), "--model", model], capture_output=True, text=True)
         assert done.returncode == 2 and f"cannot load model '{model}'" in done.stderr and "Traceback" not in done.stderr
         assert not any(tmp_path.iterdir())
+    done = subprocess.run([sys.executable, "-m", "lrm", str(ROOT / "examples" / "torus.png"), "--out", str(tmp_path),
+                           "--video-size", "0"], capture_output=True, text=True)
+    assert done.returncode == 2 and "video size must be even and at least 2" in done.stderr
 
 
 def test_empty_mesh_is_a_clear_message_and_the_video_is_still_made(tmp_path):
