@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         half = len(rss) // 2
         results["sequential"] = {"jobs": len(rss), "rss_mb": [round(r) for r in rss],
                                  "growth_last_half_mb": round(rss[-1] - rss[half - 1], 0) if half else 0.0}
-        print(f"{len(rss)} sequential jobs: RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB, growth over the last {len(rss) - half}:"
-              f" {results['sequential']['growth_last_half_mb']:.0f} MB", flush=True)
+        print(f"{len(rss)} sequential jobs: RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB, growth over the last "
+              f"{len(rss) - half}: {results['sequential']['growth_last_half_mb']:.0f} MB", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -41,8 +41,8 @@ def test_bench_app_smoke(tmp_path):
     """bench_app.py in small: the big photo, concurrent and sequential jobs all complete, nothing is left behind."""
     out = tmp_path / "app.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "bench_app.py", "--concurrent", "2", "--sequential", "2", "--json", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "bench_app.py", "--concurrent", "2", "--sequential", "2", "--json", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["concurrent"]["failed"] == [] and len(r["sequential"]["rss_mb"]) == 2
