@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 import warnings
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -202,18 +203,34 @@ def output_name(image: str) -> str:
     return stem or "object"
 
 
+def download_files(result: lrm.Reconstruction) -> list[str | None]:
+    """The files of the download buttons (`FILES`; None where not made). A textured OBJ comes as a zip with its MTL
+    and texture PNG (a lone .obj would lose its texture)."""
+    files = dict(result.files)
+    if "mtl" in files and "obj" in files:
+        bundle = files["obj"].with_name(f"{files['obj'].stem}_obj.zip")
+        if not bundle.exists():
+            with zipfile.ZipFile(bundle, "w") as z:
+                for key in ("obj", "mtl", "texture"):
+                    z.write(files[key], files[key].name)
+        files["obj"] = bundle
+    return [str(files[k]) if k in files else None for k in FILES]
+
+
 def shown_if_set(value):
     """A download button shows when it has a file."""
     return gr.DownloadButton(visible=value is not None)
 
 
-def shown_with_viewer(value):
-    """A download button's file, also shown in its viewer (Model3D, Video).
+def shown_with_viewer(value, shown):
+    """A download button's file, also shown in its viewer (Model3D, Video), unless the viewer shows it already.
 
-    The viewers take their file from the button rather than from the generator: the generator delivers its last
-    value twice (its last yield, then its completion), and a second identical value reaching `gr.Model3D` while its
-    3-D renderer is still loading cancels that loading, leaving the panel empty (Gradio 6.31's Model3D)."""
-    return gr.DownloadButton(visible=value is not None), value
+    The viewers take their file from the button rather than from the generator, and never twice: the button's change
+    event fires for the generator's last yield and again for its completion, and a second value reaching `gr.Model3D`
+    while its 3-D renderer is still loading cancels that loading, leaving the panel empty (Gradio 6.31's Model3D)."""
+    same = value is not None and shown is not None and Path(value).name == Path(shown).name and (
+        Path(value).read_bytes() == Path(shown).read_bytes())
+    return gr.DownloadButton(visible=value is not None), gr.skip() if same else value
 
 
 class Handlers:
@@ -274,7 +291,9 @@ class Handlers:
 
     @gpu(duration=120)
     def generate(self, image: str, model: str, source_distance: float, mesh_resolution: int, threshold: float,
-                 video: bool, views: int, fps: int, frame_size: int, request: gr.Request, progress=gr.Progress()):
+                 video: bool, views: int, fps: int, frame_size: int, faces: int = lrm.JobOptions.faces,
+                 texture_size: int = lrm.JobOptions.texture_size, keep_floaters: bool = False,
+                 request: gr.Request = None, progress=gr.Progress()):
         """Step 2 of 2: the 3D object from a picture that /preprocess made (call /preprocess first).
 
         Args:
@@ -288,8 +307,12 @@ class Handlers:
             views: the video's frames.
             fps: the video's frame rate.
             frame_size: the video's frame size in pixels.
+            faces: the GLB / OBJ asset's triangles after decimation (0: every marching-cubes triangle).
+            texture_size: the side of its baked texture (0: vertex colours).
+            keep_floaters: keep small disconnected pieces.
         Returns:
-            the GLB, OBJ and PLY meshes and the MP4 orbit video (None where not made), and a summary.
+            the GLB (light, textured), OBJ (with a texture: a zip of the OBJ, its MTL and PNG) and PLY (OpenLRM's dense
+            mesh) meshes and the MP4 orbit video (None where not made), and a summary.
         """
         self.check_input(image)
         if model not in self.menu:
@@ -299,7 +322,8 @@ class Handlers:
             loaded = self.cache.get(self.menu[model])
             options = lrm.JobOptions(source_distance=source_distance, mesh_resolution=int(mesh_resolution),
                                      threshold=threshold, video=bool(video), n_views=int(views), fps=int(fps),
-                                     video_size=int(frame_size) // 2 * 2,
+                                     video_size=int(frame_size) // 2 * 2, faces=int(faces),
+                                     texture_size=int(texture_size), keep_floaters=bool(keep_floaters),
                                      remove_background=False)  # a stand-in model recentres it at its own size
         except (ValueError, FileNotFoundError) as err:
             raise user_error(err) from None
@@ -312,7 +336,8 @@ class Handlers:
                 progress((round(fraction * options.n_views), options.n_views), desc="Rendering the video",
                          unit="frames")
             else:
-                progress(fraction, desc={"planes": "Encoding the image", "mesh": "Extracting the mesh"}.get(stage))
+                progress(fraction, desc={"planes": "Encoding the image", "mesh": "Extracting the mesh",
+                                         "asset": "Decimating, unwrapping, baking the texture"}.get(stage))
 
         yield None, None, None, None, "Working…"  # a new run clears the last one's results
         try:
@@ -320,8 +345,8 @@ class Handlers:
                 out = self.sessions.new_run(request)
                 for stage, result in lrm.reconstruct_steps(loaded, image, out, options, name=output_name(image),
                                                            preprocessed=not self.cache.note, progress=report):
-                    files = [str(result.files[k]) if k in result.files else None for k in FILES]
-                    if stage == "mesh" and options.video:  # the mesh, to turn around while the video renders
+                    files = download_files(result)
+                    if stage == "asset" and options.video:  # the mesh, to turn around while the video renders
                         yield *files, "Mesh ready; rendering the video…"
         except JobCancelled:
             self.sessions.cancelled.append(out.name)
@@ -338,7 +363,9 @@ class Handlers:
     def summary(self, result: lrm.Reconstruction, model: str) -> str:
         stages = " · ".join(f"{k} {v:.2f} s" for k, v in result.timings.items() if k != "preprocess")
         total = sum(v for k, v in result.timings.items() if k != "preprocess")
-        mesh = f"; mesh {len(result.mesh.vertices):,} vertices" if result.mesh is not None else ""
+        sizes = ", ".join(f"{k.upper()} {result.files[k].stat().st_size / 1e6:.1f} MB" for k in ("glb", "obj", "ply")
+                          if k in result.files)
+        mesh = f"; mesh {len(result.asset.faces):,} triangles ({sizes})" if result.asset is not None else ""
         who = (f"`{lrm.DEMO_MODEL}` (the offline demo model: `{model}` is not available here)" if self.cache.note
                else f"`{model}`")
         problems = "".join(f"\n\n**Not made:** {p}" for p in result.problems)
@@ -349,7 +376,8 @@ class Handlers:
         job = self.defaults.for_model(self.settings_of(self.runs(self.default_model)))
         pre = self.preprocess(image, job.remove_background, job.foreground_ratio, request)
         *_, last = self.generate(pre, self.default_model, job.source_distance, job.mesh_resolution, job.threshold,
-                                 job.video, job.n_views, job.fps, job.video_size, request, progress)
+                                 job.video, job.n_views, job.fps, job.video_size, job.faces, job.texture_size,
+                                 job.keep_floaters, request, progress)
         return (pre, *last)
 
 
@@ -403,6 +431,11 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                 views = gr.Slider(8, 200, d.n_views, step=1, label="Video views")
                 fps = gr.Slider(5, 60, d.fps, step=1, label="FPS")
                 frame = gr.Slider(64, 512, d.video_size, step=16, label="Frame size")
+            with gr.Row():
+                faces = gr.Slider(0, 200_000, d.faces, step=1000, label="Triangles of the GLB / OBJ (0: all)")
+                texture = gr.Dropdown([("vertex colours", 0), ("512²", 512), ("1024²", 1024), ("2048²", 2048),
+                                       ("4096²", 4096)], value=d.texture_size, label="Texture")
+                floaters = gr.Checkbox(d.keep_floaters, label="Keep small pieces (floaters)")
         outputs = [*downloads, summary]
 
         # Checking and preprocessing do not wait behind other users' generation jobs (their own concurrency);
@@ -411,11 +444,16 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         run = btn.click(h.check_input, [inp], None, concurrency_limit=None, api_visibility="private")
         run = run.success(h.preprocess, [inp, remove_bg, ratio], [pre], api_name="preprocess",
                           concurrency_limit=2, concurrency_id="preprocess")
-        run.success(h.generate, [pre, model, distance, mesh_res, threshold, video_on, views, fps, frame], outputs,
+        run.success(h.generate, [pre, model, distance, mesh_res, threshold, video_on, views, fps, frame, faces, texture,
+                                 floaters], outputs,
                     api_name="generate", show_progress_on=[vid])
         for button, viewer in zip(downloads, [m3d, None, None, vid]):
-            fn, shown = (shown_with_viewer, [button, viewer]) if viewer else (shown_if_set, [button])
-            button.change(fn, [button], shown, api_visibility="private", queue=False, show_progress="hidden")
+            if viewer:
+                button.change(shown_with_viewer, [button, viewer], [button, viewer], api_visibility="private",
+                              queue=False, show_progress="hidden")
+            else:
+                button.change(shown_if_set, [button], [button], api_visibility="private", queue=False,
+                              show_progress="hidden")
         model.change(h.on_model_change, [model], [frame, mesh_res, ratio], api_visibility="private")
         examples = sorted(EXAMPLES_DIR.glob("*.png"))
         if examples:

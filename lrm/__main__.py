@@ -31,6 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="marching-cubes grid size, 0 = no mesh [default: the model's; 384 for the released models]")
     p.add_argument("--threshold", type=float, default=JOB.threshold,
                    help="density level of the surface [default: the model's, 3.0]")
+    p.add_argument("--faces", type=int, default=JOB.faces,
+                   help="the GLB / OBJ asset's triangles after decimation, 0 = every marching-cubes triangle "
+                   "[default: %(default)s]")
+    p.add_argument("--texture-size", type=int, default=JOB.texture_size,
+                   help="side of its baked texture (a power of two), 0 = vertex colours [default: %(default)s]")
+    p.add_argument("--keep-floaters", action="store_true",
+                   help="keep small disconnected pieces (--faces 0 --texture-size 0 --keep-floaters: the dense mesh "
+                   "as OpenLRM makes it; the PLY is always that)")
     p.add_argument("--video", action=argparse.BooleanOptionalAction, default=JOB.video, help="write the orbit video")
     p.add_argument("--views", type=int, default=JOB.n_views, help="frames in the orbit video [default: %(default)s]")
     p.add_argument("--fps", type=int, default=JOB.fps, help="video frame rate [default: %(default)s]")
@@ -55,7 +63,8 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     """The job the command line describes; ValueError names a bad option."""
     return JobOptions(remove_background=not args.no_rembg, foreground_ratio=args.foreground_ratio,
                       source_distance=args.source_distance, mesh_resolution=args.mesh_resolution,
-                      threshold=args.threshold, formats=tuple(args.formats.split(",")), video=args.video,
+                      threshold=args.threshold, formats=tuple(args.formats.split(",")), faces=args.faces,
+                      texture_size=args.texture_size, keep_floaters=args.keep_floaters, video=args.video,
                       n_views=args.views, fps=args.fps, video_size=args.video_size, mode=args.mode,
                       precision=args.precision)
 
@@ -147,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             log.finish(f"FAILED {path}: {err}")
             continue
-        mesh = f"{len(result.mesh.vertices)} vertices" if result.mesh is not None else "no mesh"
-        written = ",".join(k for k in result.files if k != "png")
+        mesh = "no mesh" if result.mesh is None else f"{len(result.asset.faces):,} triangles" if result.asset \
+            is not None else f"{len(result.mesh.faces):,} triangles"
+        written = ",".join(k for k in result.files if k in ("glb", "obj", "ply", "mp4"))
         status = "ok    " if not result.problems else "PARTLY"
         log.finish(f"{status} {path} -> {Path(args.out) / name}.{{{written}}}  {mesh}  {result.summary()}"
                    + "".join(f"\n       {problem}" for problem in result.problems))

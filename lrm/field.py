@@ -65,6 +65,11 @@ class Field:
         with torch.inference_mode():
             return self.model.query_points(self.planes, xyz.to(self.planes.device)[None])[1][0]
 
+    def surface_colors(self, xyz: Tensor) -> Tensor:
+        """Colours at points xyz [P, 3] on or near the surface -> rgb [P, 3], as fast as the field can give them (the
+        texture bake's many texels): the exact decoder here; `FastField` looks them up in its cache."""
+        return self.colors(xyz)
+
     def surface_grid(self, resolution: int, threshold: float, progress: Progress | None = None
                      ) -> tuple[Tensor, tuple[int, int, int]]:
         """The block of the activated-density G³ grid (axes x, y, z) that marching cubes needs for the level set

@@ -5,6 +5,7 @@ The mesh lives in the triplane's world frame (z up, the input view looking along
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,37 @@ WORLD_TO_GLTF = np.array([[1, 0, 0, 0],
 MESH_FORMATS = ("glb", "obj", "ply")
 
 
+def srgb_to_linear(colors: np.ndarray) -> np.ndarray:
+    """uint8 sRGB(A) colours [V, 3 | 4] -> uint8 linear ones (alpha kept): glTF's COLOR_0 is linear, and the model's
+    colours are image (sRGB) colours, which viewers would otherwise show lighter and washed out."""
+    c = colors[:, :3].astype(np.float64) / 255
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)  # the sRGB transfer function (IEC 61966)
+    return np.concatenate([(linear * 255).round().astype(np.uint8), colors[:, 3:]], 1)
+
+
+def _write_textured_obj(mesh, path: Path) -> None:
+    """OBJ + `<stem>.mtl` + `<stem>_texture.png` beside it. The material is written here, not by trimesh, whose MTL
+    scales the texture by Kd 0.4 (darker in viewers that multiply them) and adds ambient and specular terms."""
+    from trimesh.exchange.obj import export_obj
+
+    text, _ = export_obj(mesh, include_normals=False, include_texture=True, return_texture=True,
+                         mtl_name=f"{path.stem}.mtl")
+    material = re.search(r"^usemtl (.+)$", text, re.M).group(1)
+    texture = f"{path.stem}_texture.png"
+    mesh.visual.material.baseColorTexture.save(path.with_name(texture))
+    path.with_name(f"{path.stem}.mtl").write_text(
+        f"newmtl {material}\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nNs 1\nd 1\nillum 1\nmap_Kd {texture}\n")
+    path.write_text(text)
+
+
 def export_mesh(mesh, path) -> Path:
-    """Write a mesh as .glb, .obj or .ply (by suffix), with vertex colours.
+    """Write a mesh as .glb, .obj or .ply (by suffix), with its vertex colours or its texture.
 
     GLB and OBJ are rotated into the glTF convention (y up, the input view facing the viewer on +z) so they open the
     right way up in any viewer; PLY stays in the reference's frame (z up), as OpenLRM writes it. Marching cubes on a
-    density that is higher inside gives outward-facing triangles; the rotation keeps them so.
+    density that is higher inside gives outward-facing triangles; the rotation keeps them so. A GLB's vertex colours
+    are written linear (`srgb_to_linear`); a texture stays sRGB, as glTF's base colour is. A textured OBJ also writes
+    `<stem>.mtl` and `<stem>_texture.png` beside it.
     """
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
@@ -72,8 +98,13 @@ def export_mesh(mesh, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "ply":
         mesh.export(path)  # binary little-endian, float xyz + uchar RGBA, like the reference
+        return path
+    rotated = mesh.copy()
+    rotated.apply_transform(WORLD_TO_GLTF)
+    if fmt == "glb" and rotated.visual.kind == "vertex":
+        rotated.visual.vertex_colors = srgb_to_linear(np.asarray(rotated.visual.vertex_colors))
+    if fmt == "obj" and rotated.visual.kind == "texture":
+        _write_textured_obj(rotated, path)
     else:
-        rotated = mesh.copy()
-        rotated.apply_transform(WORLD_TO_GLTF)
         rotated.export(path)
     return path

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .asset import FACES, TEXTURE_SIZE, make_asset
 from .camera import source_camera
 from .config import InferDefaults
 from .fast import FastField
@@ -22,7 +23,7 @@ from .video import render_video
 
 # progress(stage, fraction): stage is one of STAGES, fraction in [0, 1] within that stage.
 Progress = Callable[[str, float], None]
-STAGES = ("preprocess", "planes", "mesh", "video")
+STAGES = ("preprocess", "planes", "mesh", "asset", "video")
 
 Mode = Literal["fast", "reference"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -41,7 +42,10 @@ class JobOptions:
     source_distance: float | None = None    # conditioning camera distance (2.0, the reference's)
     mesh_resolution: int | None = None      # marching-cubes grid (384 for the released models); 0: no mesh
     threshold: float | None = None          # density level of the surface (3.0)
-    formats: tuple[str, ...] = MESH_FORMATS  # mesh files to write
+    formats: tuple[str, ...] = MESH_FORMATS  # mesh files to write: PLY the dense mesh, GLB / OBJ the asset
+    faces: int = FACES                      # the asset's triangles after decimation; 0: every marching-cubes one
+    texture_size: int = TEXTURE_SIZE        # its baked texture's side (a power of two); 0: vertex colours
+    keep_floaters: bool = False             # keep small disconnected pieces (lrm.asset.FLOATER_SHARE)
     video: bool = True                      # the orbit video
     n_views: int = 100                      # its frames (OpenLRM's Gradio demo: 100 views at 25 fps)
     fps: int = 25
@@ -66,6 +70,12 @@ class JobOptions:
             raise ValueError(f"mesh resolution must be 0 (no mesh) or at least 2, got {self.mesh_resolution}")
         if self.threshold is not None and not self.threshold > 0:
             raise ValueError(f"the density threshold must be positive, got {self.threshold}")
+        if self.faces != 0 and not self.faces >= 100:
+            raise ValueError(f"faces must be 0 (keep every triangle) or at least 100, got {self.faces}")
+        if self.texture_size and (self.texture_size < 0 or self.texture_size & (self.texture_size - 1)
+                                  or self.texture_size > 8192):
+            raise ValueError(f"texture size must be a power of two up to 8192 (or 0: vertex colours), got "
+                             f"{self.texture_size}")
         if self.n_views < 1 or self.fps < 1:
             raise ValueError(f"video views and fps must be at least 1, got {self.n_views} and {self.fps}")
         if self.video_size is not None and (self.video_size < 2 or self.video_size % 2):
@@ -83,8 +93,10 @@ class JobOptions:
 class Reconstruction:
     image: Image.Image | None              # the preprocessed RGBA input
     planes: Tensor | None                  # [1, 3, C, H, W]
-    mesh: object | None                    # trimesh.Trimesh (triplane frame, z up) or None
-    files: dict[str, Path] = field(default_factory=dict)   # "png", "glb", "obj", "ply", "mp4" -> path
+    mesh: object | None                    # the dense marching-cubes trimesh.Trimesh (triplane frame, z up) or None
+    asset: object | None = None            # the light one written as GLB / OBJ (lrm.asset.make_asset), or None
+    files: dict[str, Path] = field(default_factory=dict)   # "png" (input), "glb", "obj", "mtl", "texture", "ply",
+                                                           # "mp4" -> path
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     problems: list[str] = field(default_factory=list)      # what could not be made, and why (e.g. an empty mesh)
 
@@ -155,7 +167,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
     report("planes", 1.0)
     yield "planes", result
 
-    prepared = None  # the field, made once and shared by the mesh and the video
+    prepared = None  # the field, made once and shared by the mesh, the asset and the video
     if job.mesh_resolution:
         report("mesh", 0.0)
         with _timed(result.timings, "mesh"):
@@ -165,11 +177,24 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
                                            progress=lambda done, total: report("mesh", 0.9 * done / total))
             except EmptyMeshError as err:  # the video can still show what there is
                 result.problems.append(f"mesh: {err}")
-            if out is not None and result.mesh is not None:
-                for fmt in job.formats:
-                    result.files[fmt] = export_mesh(result.mesh, out / f"{name}.{fmt}")
+            if out is not None and result.mesh is not None and "ply" in job.formats:
+                result.files["ply"] = export_mesh(result.mesh, out / f"{name}.ply")  # the faithful, dense mesh
         report("mesh", 1.0)
         yield "mesh", result
+
+    if result.mesh is not None:
+        report("asset", 0.0)
+        with _timed(result.timings, "asset"):
+            result.asset = make_asset(prepared, result.mesh, job.faces, job.texture_size, job.keep_floaters,
+                                      name=f"{name}_texture")
+            for fmt in ("glb", "obj"):
+                if out is not None and fmt in job.formats:
+                    result.files[fmt] = export_mesh(result.asset, out / f"{name}.{fmt}")
+                    if fmt == "obj" and job.texture_size:
+                        result.files["mtl"] = out / f"{name}.mtl"
+                        result.files["texture"] = out / f"{name}_texture.png"
+        report("asset", 1.0)
+        yield "asset", result
 
     if job.video and out is not None:
         report("video", 0.0)

@@ -77,11 +77,11 @@ def test_full_run_over_the_api(server, tmp_path):
     f_glb, f_obj, f_ply, f_mp4, summary = client.predict(handle_file(pre), *SETTINGS, api_name="/generate")
     glb, mp4 = f_glb, f_mp4
     mesh = trimesh.load(glb, force="mesh")
-    assert len(mesh.vertices) > 100 and mesh.visual.kind == "vertex"
+    assert len(mesh.vertices) > 100 and mesh.visual.kind == "texture"  # the light, textured asset
     assert video_codec(mp4) == ("h264", "yuv420p")
     assert imageio_ffmpeg.count_frames_and_secs(mp4)[0] == 8
     # plain files, named after the input (unique per run on the server, in the run's own folder)
-    assert [Path(f).name for f in (f_glb, f_obj, f_ply, f_mp4)] == ["cone.glb", "cone.obj", "cone.ply", "cone.mp4"]
+    assert [Path(f).name for f in (f_glb, f_obj, f_ply, f_mp4)] == ["cone.glb", "cone_obj.zip", "cone.ply", "cone.mp4"]
     assert all(Path(f).is_file() for f in (f_glb, f_obj, f_ply, f_mp4))
     assert "Done" in summary and "mesh" in summary and "video" in summary
     assert TINY_NAME in summary and str(ROOT) not in summary  # the model's name, no path
@@ -112,7 +112,7 @@ def test_the_readme_client_example_runs(server, tmp_path):
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (our own README)
     glb, obj, ply, mp4 = scope["files"]
-    assert [Path(f).name for f in (glb, obj, ply, mp4)] == ["cone.glb", "cone.obj", "cone.ply", "cone.mp4"]
+    assert [Path(f).name for f in (glb, obj, ply, mp4)] == ["cone.glb", "cone_obj.zip", "cone.ply", "cone.mp4"]
     assert all(Path(f).is_file() for f in (glb, obj, ply, mp4)) and "Done" in scope["summary"]
 
 
@@ -122,7 +122,7 @@ def test_no_video_and_no_mesh_options(server):
     pre = client.predict(handle_file(str(ROOT / "examples" / "torus.png")), True, 0.85, api_name="/preprocess")
     glb, obj, ply, mp4, summary = client.predict(handle_file(pre), TINY_NAME, 2.0, 32, 3.0, False, 8, 8, 64,
                                                  api_name="/generate")
-    assert glb.endswith("torus.glb") and obj.endswith("torus.obj") and mp4 is None and "video" not in summary
+    assert glb.endswith("torus.glb") and obj.endswith("torus_obj.zip") and mp4 is None and "video" not in summary
 
 
 def test_bad_inputs_become_readable_errors(server, tmp_path):

@@ -23,7 +23,9 @@ def test_bench_smoke_writes_the_results(tmp_path):
     job = r["full_job"]
     for key in ("speedup", "psnr_db", "chamfer_voxels", "peak_rss_gb", "reference_s", "fast_s"):
         assert key in job
-    assert set(r["stages"]) == {"planes", "mesh", "video"}
+    assert set(r["stages"]) == {"planes", "mesh", "asset", "video"}
+    asset = r["architectures"]["small"]["asset"]
+    assert 0 < asset["triangles"] <= 40000 and asset["glb_mb"] > 0 and asset["texture_psnr_db"] >= 30
     for stage in r["stages"].values():
         assert stage["reference_s"] > 0 and stage["fast_s"] > 0
     # both modes meshed a real object (an empty field would make every speed-up meaningless), the same one

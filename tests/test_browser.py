@@ -118,11 +118,16 @@ def test_generate_in_the_browser(server, browser, tmp_path):
     for name in ("glb", "obj", "ply", "mp4"):
         with page.expect_download(timeout=30_000) as info:
             page.click(f"#dl-{name}")
-        saved[name] = tmp_path / f"download.{name}"
+        saved[name] = tmp_path / f"download.{name if name != 'obj' else 'zip'}"
         info.value.save_as(saved[name])
-    for name in ("glb", "obj", "ply"):
+    for name in ("glb", "ply"):
         mesh = trimesh.load(saved[name], force="mesh")
-        assert len(mesh.vertices) > 100 and mesh.visual.kind == "vertex"
+        assert len(mesh.vertices) > 100 and mesh.visual.kind == ("vertex" if name == "ply" else "texture")
+    import zipfile
+    with zipfile.ZipFile(saved["obj"]) as bundle:  # a textured OBJ comes with its material and texture
+        bundle.extractall(tmp_path / "obj")
+    obj = next((tmp_path / "obj").glob("*.obj"))
+    assert trimesh.load(obj, force="mesh").visual.kind == "texture"
     assert saved["mp4"].read_bytes()[4:8] == b"ftyp"
 
     page.close()

@@ -15,7 +15,7 @@ from PIL import Image
 
 import lrm
 from lrm.field import ReferenceField
-from lrm.mesh import WORLD_TO_GLTF, export_mesh, extract_mesh
+from lrm.mesh import WORLD_TO_GLTF, export_mesh, extract_mesh, srgb_to_linear
 from lrm.pipeline import JobOptions, reconstruct
 from lrm.preprocess import BackgroundRemover, ImageError, grabcut_foreground, preprocess
 from lrm.video import render_video, video_cameras
@@ -250,7 +250,8 @@ def test_mesh_files_reopen_with_colours_upright_and_outward(fmt, tmp_path):
     back = trimesh.load(path, force="mesh", process=False)
     assert len(back.vertices) == len(mesh.vertices) and len(back.faces) == len(mesh.faces)
     assert back.visual.kind == "vertex"
-    assert np.abs(back.visual.vertex_colors[:, :3].astype(int) - mesh.visual.vertex_colors[:, :3]).max() <= 1
+    expected = mesh.visual.vertex_colors if fmt != "glb" else srgb_to_linear(mesh.visual.vertex_colors)  # COLOR_0
+    assert np.abs(back.visual.vertex_colors[:, :3].astype(int) - expected[:, :3]).max() <= 1
     extent = back.bounds[1] - back.bounds[0]
     center = back.bounds.mean(0)
     if fmt == "ply":  # reference frame: tall along z, front at -y
@@ -328,9 +329,10 @@ def test_reconstruct_writes_everything_with_timings(tiny_model, tmp_path):
     result = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", tmp_path,
                          JobOptions(mesh_resolution=24, n_views=4, video_size=32), name="disc",
                          progress=lambda stage, fraction: stages.append((stage, fraction)))
-    assert set(result.files) == {"png", "glb", "obj", "ply", "mp4"} and all(p.exists() for p in result.files.values())
-    assert set(result.timings) == {"preprocess", "planes", "mesh", "video"}
-    assert list(dict.fromkeys(s for s, f in stages if f == 1.0)) == ["preprocess", "planes", "mesh", "video"]
+    assert set(result.files) == {"png", "glb", "obj", "mtl", "texture", "ply", "mp4"}
+    assert all(p.exists() for p in result.files.values())
+    assert set(result.timings) == {"preprocess", "planes", "mesh", "asset", "video"}
+    assert list(dict.fromkeys(s for s, f in stages if f == 1.0)) == ["preprocess", "planes", "mesh", "asset", "video"]
     assert all(0 <= f <= 1 for _, f in stages)
     assert result.planes.shape == (1, 3, 8, 16, 16) and len(result.mesh.vertices) > 0
     assert_centred(Image.open(result.files["png"]))  # a model that stores no ratio: the reference app's 0.85
@@ -352,7 +354,10 @@ def test_job_options_are_checked_and_filled_from_the_model(tiny_model):
                          ({"video_size": 47}, "even"), ({"mesh_resolution": 1}, "mesh resolution"),
                          ({"mesh_resolution": -5}, "mesh resolution"), ({"n_views": 0}, "views"),
                          ({"fps": 0}, "fps"), ({"foreground_ratio": 1.5}, "foreground ratio"),
-                         ({"source_distance": 0.0}, "source distance"), ({"threshold": -1.0}, "threshold")]:
+                         ({"source_distance": 0.0}, "source distance"), ({"threshold": -1.0}, "threshold"),
+                         ({"faces": 50}, "faces must be 0"), ({"faces": -1}, "faces must be 0"),
+                         ({"texture_size": 1000}, "power of two"), ({"texture_size": 16384}, "up to 8192"),
+                         ({"texture_size": -512}, "power of two")]:
         with pytest.raises(ValueError, match=message):
             JobOptions(**bad)
 
@@ -378,7 +383,7 @@ def test_cli_processes_folder_and_reports_broken_input(tmp_path, capsys):
     # not a terminal: one progress line per stage, no carriage-return bar updates
     assert "\r" not in out.err
     assert [line for line in out.err.splitlines() if line.startswith("good: ")] == [
-        "good: preprocess", "good: planes", "good: mesh", "good: video"]
+        "good: preprocess", "good: planes", "good: mesh", "good: asset", "good: video"]
 
 
 def test_cli_module_entry_point_and_model_error(tmp_path):
