@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import raymarch
 from .camera import conditioning_cameras, get_rays, project
 from .field import Field, Progress, grid_points
 from .model import LRM
@@ -93,6 +95,13 @@ class FieldCache:
 
     def __init__(self, density_volume: Tensor, color_volume: Tensor):
         self.density_volume, self.color_volume = density_volume, color_volume
+        self._arrays = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The volumes as numpy arrays [G, G, G], [3, G, G, G] (axes z, y, x) for the compiled renderer (CPU)."""
+        if self._arrays is None:
+            self._arrays = self.density_volume[0, 0].numpy(), self.color_volume[0].numpy()
+        return self._arrays
 
     @property
     def resolution(self) -> int:
@@ -140,8 +149,10 @@ class FastField(Field):
     once and shared by the mesh, the video and the texture bake. `resolution`: the cache's grid (default: two
     vertices per plane texel)."""
 
-    def __init__(self, model: LRM, planes: Tensor, coarse: int = COARSE, resolution: int | None = None):
+    def __init__(self, model: LRM, planes: Tensor, coarse: int = COARSE, resolution: int | None = None,
+                 kernel: bool = True):
         super().__init__(model, planes)
+        self.kernel = kernel  # render with the compiled per-ray loop where it runs (CPU, numba); False: tensors
         with torch.inference_mode():
             everywhere = torch.arange(coarse ** 3, device=planes.device)
             raw = field_at_vertices(model, planes, coarse, everywhere)[:, 0].view(coarse, coarse, coarse)
@@ -312,6 +323,17 @@ def render_view_fast(fast: FastField, camera: Tensor, origins: Tensor, dirs: Ten
     hi = (far + (jitter[:, -1:] * (far - near) / (n_coarse - 1) if jitter is not None else 0)).max().item()
     # rays that miss the box are background in the reference too (all their samples are out of the box)
     rows = torch.nonzero(hit_mask(fast, camera, size) & (box_far > box_near)[:, 0]).squeeze(1)
+    if len(rows) and origins.device.type == "cpu" and raymarch.available() and fast.kernel:
+        # one compiled loop per ray (lrm/raymarch.py); the tensor path below serves GPUs and machines without numba
+        pick = lambda t: None if t is None else t[rows].contiguous().numpy().astype(np.float64)  # noqa: E731
+        ends = stratified_depths(near[rows], far[rows], n_coarse, None if jitter is None else jitter[rows])[:, [0, -1]]
+        outside = _along(origins[rows], dirs[rows], ends).abs().amax(-1) > 1  # [R, 2], as render_rays_cached
+        out = raymarch.march(pick(origins), pick(dirs), pick(near[:, 0]), pick(far[:, 0]), outside.numpy(),
+                             pick(jitter), pick(u), *fast.cache.arrays(), n_coarse, n_fine, background, COLOR_WEIGHT)
+        rgb[rows] = torch.from_numpy(out[0]).to(rgb.dtype)
+        depth[rows, 0] = torch.from_numpy(out[1]).to(depth.dtype)
+        weight[rows, 0] = torch.from_numpy(out[2]).to(weight.dtype)
+        return rgb, depth.clamp(lo, hi), weight
     for start in range(0, len(rows), chunk_rays):
         sel = rows[start:start + chunk_rays]
         rays = RayBundle(origins[sel], dirs[sel], near[sel], far[sel], None if jitter is None else jitter[sel],

@@ -25,6 +25,13 @@ def to_uint8(rgb: Tensor) -> np.ndarray:
     return (rgb.permute(0, 2, 3, 1).float().cpu().numpy() * 255).astype(np.uint8)
 
 
+def video_writer(path: str | Path, fps: int):
+    """An imageio writer of browser-playable H.264 (yuv420p, +faststart) frames [H, W, 3] uint8 to an MP4."""
+    import imageio.v2 as imageio
+    return imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", quality=8,
+                              macro_block_size=2, ffmpeg_log_level="error", ffmpeg_params=["-movflags", "+faststart"])
+
+
 def render_video(field: Field, path: str | Path, n_views: int = 100, fps: int = 25, size: int | None = None, *,
                  batch_views: int = 4, progress: Progress | None = None) -> Path:
     """Render `n_views` frames of the orbit of a field (`lrm.FastField` or `lrm.ReferenceField`) at size x size
@@ -33,8 +40,6 @@ def render_video(field: Field, path: str | Path, n_views: int = 100, fps: int = 
     Deterministic sampling. Frames are rendered `batch_views` at a time and streamed to the encoder, so memory does
     not grow with n_views. `progress(done, total)` is called after each frame.
     """
-    import imageio.v2 as imageio
-
     size = size or field.infer_defaults.render_size
     if size % 2:
         raise ValueError(f"video frame size must be even for H.264 yuv420p, got {size}")
@@ -43,9 +48,7 @@ def render_video(field: Field, path: str | Path, n_views: int = 100, fps: int = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cameras = video_cameras(n_views)
-    writer = imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", quality=8,
-                                macro_block_size=2, ffmpeg_log_level="error",
-                                ffmpeg_params=["-movflags", "+faststart"])
+    writer = video_writer(path, fps)
     try:
         for start in range(0, n_views, batch_views):
             report = None if progress is None else (lambda done, _, s=start: progress(s + done, n_views))

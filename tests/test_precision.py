@@ -18,11 +18,17 @@ DEMO = DEMO_MODEL
 
 @pytest.fixture(scope="module")
 def planes():
-    model = lrm.load_model(DEMO)
-    spec = DataSpec(image_size=model.infer_defaults.source_size)
-    image = torch.from_numpy(input_image(make_shape(10_000_123), spec)).permute(2, 0, 1)[None].float() / 255
-    with torch.inference_mode():
-        return model, {p: model.forward_planes(image, lrm.source_camera(), precision=p) for p in ("fp32", "bf16")}
+    # autocast itself, whatever this CPU has (forward_planes runs fp32 on CPUs without bf16 instructions)
+    saved, lrm.model.cpu_has = lrm.model.cpu_has, lambda precision: True
+    try:
+        model = lrm.load_model(DEMO)
+        spec = DataSpec(image_size=model.infer_defaults.source_size)
+        image = torch.from_numpy(input_image(make_shape(10_000_123), spec)).permute(2, 0, 1)[None].float() / 255
+        with torch.inference_mode():
+            out = {p: model.forward_planes(image, lrm.source_camera(), precision=p) for p in ("fp32", "bf16")}
+    finally:
+        lrm.model.cpu_has = saved
+    return model, out
 
 
 def test_bf16_planes_give_the_same_pictures_and_mesh(planes):
@@ -37,6 +43,16 @@ def test_bf16_planes_give_the_same_pictures_and_mesh(planes):
     assert psnr(frames[1], frames[0]) >= 35
     iou = float((grids[0] & grids[1]).sum() / (grids[0] | grids[1]).sum())
     assert iou >= 0.95
+
+
+def test_bf16_runs_fp32_with_a_warning_on_cpus_without_bf16_instructions(planes, monkeypatch):
+    model, out = planes
+    monkeypatch.setattr(lrm.model, "cpu_has", lambda precision: False)
+    spec = DataSpec(image_size=model.infer_defaults.source_size)
+    image = torch.from_numpy(input_image(make_shape(10_000_123), spec)).permute(2, 0, 1)[None].float() / 255
+    with pytest.warns(RuntimeWarning, match="runs in fp32"), torch.inference_mode():
+        planes = model.forward_planes(image, lrm.source_camera(), precision="bf16")
+    assert torch.equal(planes, out["fp32"])
 
 
 def test_unknown_precision_is_refused(planes):
