@@ -18,13 +18,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 JOB = JobOptions()  # the defaults
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m lrm", description="Single image to 3D with OpenLRM checkpoints: "
-                                "writes a coloured mesh (GLB/OBJ/PLY) and an orbit video (MP4) per input image.")
-    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively for images)")
-    p.add_argument("--model", default=None, help="Hugging Face repo id or local checkpoint (folder or file) [default: "
-                   f"{DEFAULT_MODEL}, or the embedded demo model when that cannot be obtained]")
-    p.add_argument("--out", default="outputs", help="output folder [default: outputs]")
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of a job (`lrm.JobOptions`), shared by this command and `python -m lrm.batch`."""
     p.add_argument("--formats", default=",".join(JOB.formats),
                    help=f"mesh formats, comma separated (any of {', '.join(MESH_FORMATS)}) [default: %(default)s]")
     p.add_argument("--mesh-resolution", type=int, default=JOB.mesh_resolution,
@@ -44,7 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fps", type=int, default=JOB.fps, help="video frame rate [default: %(default)s]")
     p.add_argument("--video-size", type=int, default=JOB.video_size,
                    help="video frame size [default: the model's render size]")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="[default: cpu]")
     p.add_argument("--no-rembg", action="store_true", help="do not remove the background (alpha is still used)")
     p.add_argument("--foreground-ratio", type=float, default=JOB.foreground_ratio,
                    help="object size relative to the image side after recentring [default: the model's; 0.85 for "
@@ -56,6 +50,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "on recent CPUs, at ~1%% deviation of the planes [default: fp32, the reference's arithmetic]")
     p.add_argument("--mode", choices=MODES, default=JOB.mode,
                    help="fast: skip empty space (default); reference: OpenLRM's exact, slow algorithms")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lrm", description="Single image to 3D with OpenLRM checkpoints: "
+                                "writes a coloured mesh (GLB/OBJ/PLY) and an orbit video (MP4) per input image.")
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively for images)")
+    p.add_argument("--model", default=None, help="Hugging Face repo id or local checkpoint (folder or file) [default: "
+                   f"{DEFAULT_MODEL}, or the embedded demo model when that cannot be obtained]")
+    p.add_argument("--out", default="outputs", help="output folder [default: outputs]")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="[default: cpu]")
+    add_job_arguments(p)
     return p.parse_args(argv)
 
 

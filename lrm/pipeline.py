@@ -115,6 +115,19 @@ def _timed(timings: dict[str, float], stage: str):
     return _Timer()
 
 
+def output_names(name: str, job: JobOptions) -> dict[str, str]:
+    """The files a job writes for the image named `name`: "png" (the preprocessed input), "glb", "obj", "mtl",
+    "texture", "ply", "mp4" -> file name. (A job may make fewer: an empty mesh writes no mesh files.)"""
+    names = {"png": f"{name}_input.png"}
+    if job.mesh_resolution != 0:
+        names |= {fmt: f"{name}.{fmt}" for fmt in job.formats}
+        if "obj" in job.formats and job.texture_size:
+            names |= {"mtl": f"{name}.mtl", "texture": f"{name}_texture.png"}  # as lrm.export_mesh writes them
+    if job.video:
+        names["mp4"] = f"{name}.mp4"
+    return names
+
+
 def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None,
                 options: JobOptions | None = None, *, name: str = "model", remover: BackgroundRemover | None = None,
                 preprocessed: bool = False, progress: Progress | None = None) -> Reconstruction:
@@ -145,6 +158,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
     """`reconstruct`, yielding (stage, partial result) after each finished stage, so callers can show the mesh
     before the video is done."""
     job = (options or JobOptions()).for_model(model.infer_defaults)
+    names = output_names(name, job)
     report = progress or (lambda stage, fraction: None)
     out = Path(out_dir) if out_dir is not None else None
     result = Reconstruction(image=None, planes=None, mesh=None)
@@ -155,7 +169,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
             image, remove_background=job.remove_background, foreground_ratio=job.foreground_ratio, remover=remover)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        result.files["png"] = out / f"{name}_input.png"
+        result.files["png"] = out / names["png"]
         result.image.save(result.files["png"])
     report("preprocess", 1.0)
     yield "preprocess", result
@@ -178,7 +192,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
             except EmptyMeshError as err:  # the video can still show what there is
                 result.problems.append(f"mesh: {err}")
             if out is not None and result.mesh is not None and "ply" in job.formats:
-                result.files["ply"] = export_mesh(result.mesh, out / f"{name}.ply")  # the faithful, dense mesh
+                result.files["ply"] = export_mesh(result.mesh, out / names["ply"])  # the faithful, dense mesh
         report("mesh", 1.0)
         yield "mesh", result
 
@@ -189,10 +203,9 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
                                       name=f"{name}_texture")
             for fmt in ("glb", "obj"):
                 if out is not None and fmt in job.formats:
-                    result.files[fmt] = export_mesh(result.asset, out / f"{name}.{fmt}")
+                    result.files[fmt] = export_mesh(result.asset, out / names[fmt])
                     if fmt == "obj" and job.texture_size:
-                        result.files["mtl"] = out / f"{name}.mtl"
-                        result.files["texture"] = out / f"{name}_texture.png"
+                        result.files["mtl"], result.files["texture"] = out / names["mtl"], out / names["texture"]
         report("asset", 1.0)
         yield "asset", result
 
@@ -200,7 +213,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
         report("video", 0.0)
         with _timed(result.timings, "video"):
             prepared = prepared or FIELDS[job.mode](model, result.planes)
-            result.files["mp4"] = render_video(prepared, out / f"{name}.mp4", job.n_views, job.fps, job.video_size,
+            result.files["mp4"] = render_video(prepared, out / names["mp4"], job.n_views, job.fps, job.video_size,
                                                progress=lambda done, total: report("video", done / total))
         report("video", 1.0)
         yield "video", result

@@ -1,0 +1,140 @@
+"""`python -m lrm.batch` on a local Ray cluster: manifest, resume, the CLI's files, a killed actor, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trimesh
+
+ROOT = Path(__file__).resolve().parents[1]
+LIGHT = ["--model", "lrm-demo-shapes", "--mesh-resolution", "64", "--views", "4", "--video-size", "64",
+         "--faces", "3000", "--texture-size", "256"]
+
+
+def batch(*args, timeout=300):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "lrm.batch", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
+
+
+def processes(text: str) -> list[int]:
+    """Ids of the processes whose command line (Ray sets its workers' titles there) holds `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture()
+def images(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(ROOT / "examples" / "cone.png", folder / "cone.png")
+    shutil.copy(ROOT / "examples" / "torus.png", folder / "nested" / "torus.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_a_folder_run_its_manifest_resume_and_the_clis_files(images, tmp_path):
+    out = tmp_path / "out"
+    done = batch(images, "--out", out, *LIGHT)
+    assert done.returncode == 1, done.stderr[-3000:]  # the broken file failed; the others did not stop
+    rows = {Path(r["input"]).name: r for r in manifest(out)}
+    assert set(rows) == {"cone.png", "torus.png", "broken.png"}
+    assert rows["broken.png"]["status"] == "failed" and "not an image" in rows["broken.png"]["error"]
+    for name, folder in (("cone", ""), ("torus", "nested/")):
+        row = rows[f"{name}.png"]
+        assert row["status"] == "ok" and row["error"] == "" and row["seconds"] > 0
+        assert row["outputs"]["glb"] == f"{folder}{name}.glb" and row["outputs"]["mp4"] == f"{folder}{name}.mp4"
+        assert all((out / path).is_file() for path in row["outputs"].values())
+    assert not list(out.rglob("*.part-*"))
+    # the same input and settings through the CLI: the same bytes
+    cli = subprocess.run([sys.executable, "-m", "lrm", images / "cone.png", "--out", tmp_path / "cli", *LIGHT],
+                         capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    for path in rows["cone.png"]["outputs"].values():
+        assert (out / path).read_bytes() == (tmp_path / "cli" / path).read_bytes(), path
+    # a re-run skips what is complete and retries what failed; a file that went missing is made again
+    (out / "nested" / "torus.mp4").unlink()
+    again = batch(images, "--out", out, *LIGHT)
+    assert again.returncode == 1 and "1 done, 1 failed, 1 skipped" in again.stdout
+    second = {Path(r["input"]).name: r["status"] for r in manifest(out)[3:]}
+    assert second == {"cone.png": "skipped", "torus.png": "ok", "broken.png": "failed"}
+    assert (out / "nested" / "torus.mp4").is_file()
+
+
+def test_a_list_file_of_images(tmp_path):
+    listing = tmp_path / "list.txt"
+    shutil.copy(ROOT / "examples" / "cone.png", tmp_path / "cone.png")
+    listing.write_text(f"# two images\ncone.png\n\nfile://{ROOT / 'examples' / 'cylinder.png'}\n")
+    done = batch(listing, "--out", tmp_path / "out", *LIGHT, "--no-video")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {r["status"] for r in manifest(tmp_path / "out")} == {"ok"}
+    assert (tmp_path / "out" / "cone.glb").is_file() and (tmp_path / "out" / "cylinder.glb").is_file()
+
+
+def test_a_killed_actor_loses_nothing(tmp_path):
+    """SIGKILL to the actor in the middle of the run: Ray restarts it and runs its images again; every input ends
+    ok and no file is left half-written under its final name."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("cone", "torus", "cylinder", "rounded_box"):
+        shutil.copy(ROOT / "examples" / f"{name}.png", folder / f"{name}.png")
+    out = tmp_path / "out"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "lrm.batch", folder, "--out", out, *LIGHT, "--views", "40",
+                             "--video-size", "128"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    killed = False
+    try:
+        end = time.time() + 240
+        while time.time() < end and not killed and proc.poll() is None:
+            actors = processes("Reconstructor")
+            if actors and any(out.rglob("*_input.png")):  # the actor is at work on an image
+                os.kill(actors[0], signal.SIGKILL)
+                killed = True
+            time.sleep(0.2)
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        proc.kill()
+    assert killed, output[-3000:]
+    assert proc.returncode == 0, output[-3000:]
+    rows = manifest(out)
+    assert sorted(Path(r["input"]).stem for r in rows) == ["cone", "cylinder", "rounded_box", "torus"]
+    assert all(r["status"] == "ok" for r in rows)
+    assert not list(out.rglob("*.part-*"))
+    for r in rows:
+        assert len(trimesh.load(out / r["outputs"]["glb"], force="mesh").faces) > 100
+
+
+def test_bad_input_gets_a_clear_message(tmp_path, images):
+    cases = [((tmp_path / "nothing", "--out", tmp_path / "o"), "no such folder or file"),
+             ((tmp_path, "--out", tmp_path / "o", "--workers", "0"), "--workers must be at least 1")]
+    (tmp_path / "empty").mkdir()
+    cases.append(((tmp_path / "empty", "--out", tmp_path / "o"), "holds no images"))
+    (tmp_path / "file").write_text("x")
+    cases.append(((images, "--out", tmp_path / "file" / "out"), "cannot write to OUTPUT"))
+    for args, message in cases:
+        done = batch(*args, timeout=60)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    start = time.time()
+    done = batch(images, "--out", tmp_path / "o", "--address", "127.0.0.1:9", timeout=60)
+    assert done.returncode == 2 and "no Ray cluster answers at 127.0.0.1:9" in done.stderr
+    assert time.time() - start < 30
+    done = batch(images, "--out", tmp_path / "o", "--gpus-per-worker", "1", *LIGHT, timeout=120)
+    assert done.returncode == 2 and "the cluster has 0 GPUs" in done.stderr
