@@ -48,21 +48,27 @@ TITLE = "OpenLRM: one image to a 3D object"
 FILES = ("glb", "obj", "ply", "mp4")  # the download buttons
 
 
-class ImageUpload(gr.Image):
-    """`gr.Image` that hands an upload to the handler as its file path, undecoded: `lrm.preprocess` then reads it and
-    says what is wrong with a bad file (Gradio's own decoding would fail first, with its internal message)."""
-    is_template = True  # the browser side is gr.Image's
+def image_upload(**kwargs) -> gr.Image:
+    """A `gr.Image` that hands an upload to the handler as its file path, undecoded: `lrm.preprocess` then reads it
+    and says what is wrong with a bad file (Gradio's own decoding would fail first, with its internal message).
 
-    def preprocess(self, payload):
+    Its `preprocess` is replaced on the instance, not in a subclass: Gradio writes a .pyi stub beside the source file
+    of every Component subclass when it is defined."""
+    image = gr.Image(type="filepath", **kwargs)
+    decode = image.preprocess
+
+    def preprocess(payload):
         if payload is None:
             return None
         if payload.path:
             return payload.path
         try:  # a base64 data URL from an API client: Gradio writes it to a file
-            return super().preprocess(payload)
+            return decode(payload)
         except Exception:
             raise gr.Error("The upload is not an image that can be read; use a PNG, JPEG or WebP file.",
                            title="Cannot do that") from None
+    image.preprocess = preprocess
+    return image
 
 
 def local_label(path: str) -> str:
@@ -406,10 +412,9 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                     "[CC BY-NC 4.0](https://creativecommons.org/licenses/by-nc/4.0/) (non-commercial).")
         gr.Markdown(banner.strip(), visible=bool(banner), elem_id="banner")
         with gr.Row(equal_height=True):
-            inp = ImageUpload(label="Input image", type="filepath", format="png", elem_id="inp", height=320,
-                              sources=["upload", "clipboard", "webcam"])
-            pre = ImageUpload(label="Preprocessed", type="filepath", format="png", interactive=False, elem_id="pre",
-                              height=320)
+            inp = image_upload(label="Input image", format="png", elem_id="inp", height=320,
+                               sources=["upload", "clipboard", "webcam"])
+            pre = image_upload(label="Preprocessed", format="png", interactive=False, elem_id="pre", height=320)
             m3d = gr.Model3D(label="Mesh (drag to rotate)", clear_color=(0.93, 0.93, 0.95, 1.0), elem_id="m3d",
                              height=320)
             vid = gr.Video(label="Orbit video", autoplay=True, loop=True, interactive=False, elem_id="vid",

@@ -1,4 +1,4 @@
-"""`python -m lrm.batch INPUT --out OUTPUT --model M`: reconstruct a folder, a list or a bucket of images on a Ray cluster.
+"""`python -m lrm.batch INPUT --out OUTPUT --model M`: reconstruct a folder, list or bucket of images on a Ray cluster.
 
 INPUT is a folder (searched recursively) or a text file listing images, OUTPUT a folder; both may be any URI that
 pyarrow opens (a local path, `file://`, `s3://`, `gs://`). The pipeline runs on Ray Data: the driver lists the inputs,
