@@ -15,7 +15,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 import lrm
-from lrm.asset import bake_texture, decimate, make_asset, rasterize, remove_floaters, unwrap
+from lrm.asset import bake_texture, decimate, dilate, make_asset, rasterize, remove_floaters, unwrap
 from lrm.field import Field, grid_coordinates
 from lrm.mesh import srgb_to_linear
 
@@ -105,6 +105,21 @@ def test_rasterize_covers_each_texel_once():
     # the barycentric weights rebuild each texel's centre (row 0 at v = 0)
     centre = (bary[:, :, None] * uv[faces[face]]).sum(1) * 16 - 0.5
     assert torch.allclose(centre, torch.stack([texel % 16, texel // 16], 1).float(), atol=1e-4)
+
+
+def test_dilate_spreads_charts_by_the_padding_and_fills_the_rest_with_the_mean():
+    """Each step adds the ring of texels next to the covered ones, as the mean of their covered neighbours (two charts
+    meeting average there); texels further than the padding get the mean of the covered texels."""
+    red, blue = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    image, covered = torch.zeros(3, 32, 32), torch.zeros(32, 32, dtype=torch.bool)
+    for (row, col), colour in (((9, 5), red), ((10, 5), red), ((10, 13), blue)):
+        image[:, row, col], covered[row, col] = colour, True
+    out = dilate(image, covered, 4)
+    assert torch.equal(out[:, 10, 5], red) and torch.equal(out[:, 10, 13], blue)
+    assert torch.equal(out[:, 5, 1], red) and torch.equal(out[:, 14, 17], blue)  # 4 texels out
+    assert torch.allclose(out[:, 10, 9], (red + blue) / 2)  # both charts reach it in the 4th step
+    mean = (2 * red + blue) / 3
+    assert torch.allclose(out[:, 10, 18], mean) and torch.allclose(out[:, 0, 30], mean)  # beyond the padding
 
 
 def test_bake_reproduces_an_analytic_colour_field():
