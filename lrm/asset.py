@@ -1,7 +1,7 @@
 """Light assets from the dense marching-cubes mesh: floaters removed, decimated, UV-unwrapped, texture baked.
 
 Each step works alone; `make_asset` runs them in order. The texture is baked by asking the field for its colour at the
-3-D point of every texel (`Field.colors`), so it is as sharp as the field itself, not interpolated between the
+3-D point of every texel (`Field.surface_colors`), so it is as sharp as the field itself, not interpolated between the
 vertices of the decimated mesh; no OpenGL, no CUDA extension, no rendering from views. Meshes stay in the triplane's
 frame (z up); `lrm.export_mesh` turns GLB / OBJ to y up.
 """

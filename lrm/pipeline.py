@@ -94,7 +94,8 @@ class Reconstruction:
     image: Image.Image | None              # the preprocessed RGBA input
     planes: Tensor | None                  # [1, 3, C, H, W]
     mesh: object | None                    # the dense marching-cubes trimesh.Trimesh (triplane frame, z up) or None
-    asset: object | None = None            # the light one written as GLB / OBJ (lrm.asset.make_asset), or None
+    asset: object | None = None            # the light one written as GLB / OBJ (lrm.asset.make_asset); None
+                                           # without a mesh, or when files are written but no GLB / OBJ
     files: dict[str, Path] = field(default_factory=dict)   # "png" (input), "glb", "obj", "mtl", "texture", "ply",
                                                            # "mp4" -> path
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
@@ -196,7 +197,8 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
         report("mesh", 1.0)
         yield "mesh", result
 
-    if result.mesh is not None:
+    # the light asset is what the GLB / OBJ files hold: made when one is written, or always for a caller without files
+    if result.mesh is not None and (out is None or {"glb", "obj"} & set(job.formats)):
         report("asset", 0.0)
         with _timed(result.timings, "asset"):
             result.asset = make_asset(prepared, result.mesh, job.faces, job.texture_size, job.keep_floaters,

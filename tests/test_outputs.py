@@ -324,6 +324,15 @@ def test_video_orbit_has_no_duplicate_frame():
 # The whole job and the CLI
 
 
+def test_a_ply_only_job_makes_no_asset(tiny_model, tmp_path):
+    """The light asset is what GLB / OBJ hold: a job writing only the dense PLY does not make it."""
+    result = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", tmp_path,
+                         JobOptions(mesh_resolution=24, formats=("ply",), video=False), name="disc")
+    assert set(result.files) == {"png", "ply"} and sorted(p.name for p in tmp_path.iterdir()) == [
+        "disc.ply", "disc_input.png"]
+    assert result.asset is None and "asset" not in result.timings and len(result.mesh.faces) > 0
+
+
 def test_reconstruct_writes_everything_with_timings(tiny_model, tmp_path):
     stages = []
     result = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", tmp_path,
