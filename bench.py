@@ -139,10 +139,10 @@ def asset_quality(field, dense, asset, resolution: int) -> dict:
     """Triangles of the asset, its texture against the field's exact colours at surface points (PSNR, dB) and its
     surface against the dense mesh (Chamfer, voxels of the marching-cubes grid)."""
     import trimesh
+
+    from lrm.asset import texture_colors
     points, faces = trimesh.sample.sample_surface(asset, 20000, seed=0)
-    bary = trimesh.triangles.points_to_barycentric(asset.triangles[faces], points)
-    uv = (asset.visual.uv[asset.faces[faces]] * bary[..., None]).sum(1)
-    baked = trimesh.visual.color.uv_to_color(uv, asset.visual.material.baseColorTexture)[:, :3] / 255.0
+    baked = texture_colors(asset, points, faces)
     exact = field.colors(torch.as_tensor(points, dtype=torch.float32)).float().cpu().numpy()
     return {"triangles": len(asset.faces), "texture_psnr_db": psnr(baked, exact),
             "chamfer_voxels": chamfer_voxels((np.asarray(asset.vertices), np.asarray(asset.faces)),

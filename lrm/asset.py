@@ -178,6 +178,14 @@ def bake_texture(field: Field, vertices: np.ndarray, faces: np.ndarray, uv: np.n
     return Image.fromarray(pixels, "RGB")
 
 
+def texture_colors(asset: trimesh.Trimesh, points: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """A textured asset's texture at points [P, 3] on its faces [P] (e.g. from `trimesh.sample.sample_surface`) ->
+    rgb [P, 3] in [0, 1], as a viewer shows it (the texel under the point's interpolated UV)."""
+    bary = trimesh.triangles.points_to_barycentric(asset.triangles[faces], points)
+    uv = (asset.visual.uv[asset.faces[faces]] * bary[..., None]).sum(1)
+    return trimesh.visual.color.uv_to_color(uv, asset.visual.material.baseColorTexture)[:, :3] / 255.0
+
+
 def make_asset(field: Field, mesh: trimesh.Trimesh, faces: int = FACES, texture_size: int = TEXTURE_SIZE,
                keep_floaters: bool = False, name: str = "texture") -> trimesh.Trimesh:
     """The dense marching-cubes mesh -> a light asset: floaters removed (unless `keep_floaters`), decimated to about

@@ -18,8 +18,9 @@ REFCHECK_MODELS = ("refcheck-tiny-1.1", "refcheck-tiny-eq-1.1", "refcheck-tiny-1
 
 
 def psnr(a, b) -> float:
-    """PSNR (dB) of images a, b in [0, 1] (tensors of the same shape)."""
+    """PSNR (dB) of images or colours a, b in [0, 1] (tensors or arrays of the same shape)."""
     import torch
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
     return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-12)))
 
 

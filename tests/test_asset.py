@@ -15,9 +15,12 @@ import trimesh
 from scipy.spatial import cKDTree
 
 import lrm
-from lrm.asset import bake_texture, decimate, dilate, make_asset, rasterize, remove_floaters, unwrap
+from lrm.asset import (bake_texture, decimate, dilate, make_asset, rasterize, remove_floaters, texture_colors,
+                       unwrap)
 from lrm.field import Field, grid_coordinates
 from lrm.mesh import srgb_to_linear
+
+from conftest import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR = ROOT / ".validator" / "node_modules" / "gltf-validator"  # npm install --prefix .validator (.ci/run)
@@ -57,17 +60,6 @@ class AnalyticField(Field):
         xyz = torch.as_tensor(xyz, dtype=torch.float32)
         return torch.stack([0.5 + 0.4 * torch.sin(3 * xyz[:, 0]), 0.5 + 0.4 * torch.cos(2 * xyz[:, 1] + xyz[:, 2]),
                             0.3 + 0.6 * (xyz[:, 2] + 1) / 2], -1).clamp(0, 1)
-
-
-def texture_colors(asset: trimesh.Trimesh, points: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """The asset's texture sampled at surface points [P, 3] of its faces [P] -> rgb [P, 3] in [0, 1]."""
-    bary = trimesh.triangles.points_to_barycentric(asset.triangles[faces], points)
-    uv = (asset.visual.uv[asset.faces[faces]] * bary[..., None]).sum(1)
-    return trimesh.visual.color.uv_to_color(uv, asset.visual.material.baseColorTexture)[:, :3] / 255.0
-
-
-def psnr(a, b) -> float:
-    return float(10 * np.log10(1 / max(np.mean((np.asarray(a) - np.asarray(b)) ** 2), 1e-12)))
 
 
 def test_floaters_go_and_real_parts_stay():
