@@ -9,25 +9,20 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
+import numbers
 import os
-import re
 import shutil
 import signal
-import sys
-import tempfile
-import threading
-import time
-import uuid
 import warnings
-import zipfile
 from pathlib import Path
 
 import gradio as gr
 import torch
 
 import lrm
+from lrm.options import MODEL_SETTINGS
+from lrm.pipeline import output_stem
+from lrm.sessions import SESSION_ROOT, SESSION_TTL_S, Sessions, JobCancelled, sweep_dead_runs
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator everywhere else
     import spaces
@@ -38,14 +33,16 @@ except ImportError:
         return fn if fn is not None else (lambda f: f)
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
-# Each app process keeps its temporary files below RUN_ROOT/<pid>: its sessions' outputs and (unless GRADIO_TEMP_DIR
-# is set) Gradio's upload and output cache. They go when the process ends; a start removes those of dead processes.
-RUN_ROOT = Path(tempfile.gettempdir()) / "openlrm-demo"
-SESSION_ROOT = RUN_ROOT / str(os.getpid()) / "sessions"
-SESSION_TTL_S = 2 * 3600
 MAX_UPLOAD_MB = 20  # uploads above this are refused before they reach the disk's cache
 TITLE = "OpenLRM: one image to a 3D object"
 FILES = ("glb", "obj", "ply", "mp4")  # the download buttons
+# /generate's parameters after (image, model) -> the `lrm.JobOptions` fields they set (the API keeps the names its
+# clients know)
+CONTROLS = {"source_distance": "source_distance", "mesh_resolution": "mesh_resolution", "threshold": "threshold",
+            "video": "video", "views": "n_views", "fps": "fps", "frame_size": "video_size", "faces": "faces",
+            "texture_size": "texture_size", "keep_floaters": "keep_floaters"}
+STAGE_TEXT = {"planes": "Encoding the image", "mesh": "Extracting the mesh",
+              "asset": "Decimating, unwrapping, baking the texture"}
 
 
 def image_upload(**kwargs) -> gr.Image:
@@ -71,156 +68,36 @@ def image_upload(**kwargs) -> gr.Image:
     return image
 
 
-def local_label(path: str) -> str:
-    """'local: <folder>' naming the checkpoint, not just its generic file or folder name ('model', 'model.pth')."""
-    p = Path(path).expanduser().resolve()
-    generic = {"model", "model.pth", "model.safetensors", "pytorch_model.bin"}
-    return "local: " + "/".join([p.parent.name, p.name] if p.name in generic else [p.name])
-
-
-def model_menu(models: list[str]) -> tuple[list[tuple[str, str]], dict[str, str], str, str]:
-    """The model menu for the given extra checkpoints -> ((label, name) choices, name -> source as `lrm.load_model`
-    takes it, the selected name, an offline banner or "").
-
-    Names are what clients see and send: Hub ids, `lrm-demo-shapes`, and `local: <folder>` for local checkpoints (no
-    server paths). Given models that cannot be loaded are left out, with a line on stderr; released models that cannot
-    be obtained now say so. The first given model is selected, else the reference demo's model, else the demo model.
-    """
-    sources: dict[str, str] = {}
-    for m in map(str, models):
-        if not lrm.is_available(m):
-            print(f"--model {m}: not a local checkpoint, and no Hub model that can be obtained now; left out of the "
-                  "menu", file=sys.stderr)
-            continue
-        name = local_label(m) if Path(m).expanduser().exists() else m
-        while name in sources:
-            name += "'"
-        sources[name] = m
-    if lrm.is_available(lrm.DEMO_MODEL) and lrm.DEMO_MODEL not in sources.values():
-        sources[lrm.DEMO_MODEL] = lrm.DEMO_MODEL
-    local = list(sources)
-    online = lrm.is_available(lrm.DEFAULT_MODEL)
-    for m in lrm.RELEASED_MODELS:
-        sources.setdefault(m, m)
-    labels = {name: name for name in sources}
-    labels[lrm.DEMO_MODEL] = f"{lrm.DEMO_MODEL} (offline demo model, synthetic shapes)"
-    for name in set(sources) - set(local):
-        if not lrm.is_available(name):
-            labels[name] = f"{name} (not available offline: runs {lrm.DEMO_MODEL})"
-    given = [name for name in local if name != lrm.DEMO_MODEL]
-    default = given[0] if given else lrm.DEFAULT_MODEL if online or not local else local[0]
-    banner = ""
-    if not online:
-        banner = ("**Offline:** the Hugging Face Hub cannot be reached, so released OpenLRM models that are not "
-                  f"already downloaded cannot be used. Running **{labels[default]}**; available here: "
-                  f"{', '.join(labels[name] for name in local)}.")
-    return [(labels[name], name) for name in sources], sources, default, banner
-
-
-class ModelCache:
-    """Keeps one model in memory; switching models frees the previous one first. A Hub model that cannot be
-    obtained now is replaced by the embedded demo model at once; `note` then says so."""
-
-    def __init__(self, device: str):
-        self.device, self.source, self.model, self.note = device, None, None, None
-        self._lock = threading.Lock()
-
-    def get(self, source: str) -> lrm.LRM:
-        with self._lock:
-            if source != self.source:
-                self.model, self.source, self.note = None, None, None
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                self.model, self.note = lrm.load_model_or_demo(source, device=self.device)
-                self.source = source
-            return self.model
-
-
-class JobCancelled(Exception):
-    """The browser session of a running job has ended."""
-
-
-class Sessions:
-    """Each browser session writes below its own folder, removed when the session ends (after its running job has
-    stopped) or after `ttl` seconds; a job of an ended session stops at its next progress report."""
-
-    def __init__(self, root: Path = SESSION_ROOT, ttl: float = SESSION_TTL_S):
-        self.root, self.ttl = Path(root), ttl
-        self.ended: set[str] = set()
-        self.cancelled: list[str] = []  # the runs stopped because their session ended (a log)
-        self._busy: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def _key(self, request: gr.Request | None) -> str:
-        return re.sub(r"[^A-Za-z0-9_-]", "_", getattr(request, "session_hash", None) or "shared")
-
-    def new_run(self, request: gr.Request | None) -> Path:
-        self.sweep()
-        run = self.root / self._key(request) / f"{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        run.mkdir(parents=True)
-        return run
-
-    @contextlib.contextmanager
-    def job(self, request: gr.Request | None):
-        """Marks the session busy while its job runs, so that its folder outlives the job."""
-        key = self._key(request)
-        with self._lock:
-            self._busy[key] = self._busy.get(key, 0) + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy[key] -= 1
-                done = self._busy[key] == 0 and key in self.ended
-            if done:
-                shutil.rmtree(self.root / key, ignore_errors=True)
-
-    def check(self, request: gr.Request | None) -> None:
-        if self._key(request) in self.ended:
-            raise JobCancelled
-
-    def close(self, request: gr.Request | None) -> None:
-        key = self._key(request)
-        with self._lock:
-            self.ended.add(key)
-            busy = self._busy.get(key, 0) > 0
-        if not busy:  # else the job removes it when it stops
-            shutil.rmtree(self.root / key, ignore_errors=True)
-
-    def sweep(self) -> None:
-        if not self.root.is_dir():
-            return
-        for folder in self.root.iterdir():
-            try:
-                if time.time() - folder.stat().st_mtime > self.ttl and not self._busy.get(folder.name):
-                    shutil.rmtree(folder, ignore_errors=True)
-            except OSError:
-                pass
-
-
 def user_error(err: Exception) -> gr.Error:
     return gr.Error(str(err), title="Cannot do that")
 
 
 def output_name(image: str) -> str:
     """The downloads' name: the picture's, without the `_input` that /preprocess adds ('cone_input.png' -> 'cone')."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image).stem).strip("._")[:64].removesuffix("_input")
-    return stem or "object"
+    return output_stem(Path(image).stem).removesuffix("_input") or "object"
 
 
 def download_files(result: lrm.Reconstruction) -> list[str | None]:
-    """The files of the download buttons (`FILES`; None where not made). A textured OBJ comes as a zip with its MTL
-    and texture PNG (a lone .obj would lose its texture)."""
+    """The files of the download buttons (`FILES`; None where not made); a textured OBJ as one zip with its MTL and
+    texture (`lrm.bundle_obj`)."""
     files = dict(result.files)
-    if "mtl" in files and "obj" in files:
-        bundle = files["obj"].with_name(f"{files['obj'].stem}_obj.zip")
-        if not bundle.exists():
-            with zipfile.ZipFile(bundle, "w") as z:
-                for key in ("obj", "mtl", "texture"):
-                    z.write(files[key], files[key].name)
-        files["obj"] = bundle
+    if "obj" in files:
+        files["obj"] = lrm.bundle_obj(files["obj"])
     return [str(files[k]) if k in files else None for k in FILES]
+
+
+def job_options(controls: dict, **options) -> lrm.JobOptions:
+    """The job that /generate's controls describe (`CONTROLS`); a whole, odd frame size is rounded down to even."""
+    values = {CONTROLS[k]: v for k, v in controls.items()} | options
+    size = values.get("video_size")
+    if isinstance(size, numbers.Real) and not isinstance(size, bool) and float(size).is_integer():
+        values["video_size"] = int(size) // 2 * 2
+    return lrm.JobOptions(**values)
+
+
+def controls_of(job: lrm.JobOptions) -> dict:
+    """/generate's control values for a job: `job_options`'s inverse."""
+    return {k: getattr(job, field) for k, field in CONTROLS.items()}
 
 
 def shown_if_set(value):
@@ -240,14 +117,12 @@ def shown_with_viewer(value, shown):
 
 
 class Handlers:
-    """The app's event handlers, with what they share: the loaded model, the session folders, the defaults."""
+    """The app's event handlers, with what they share: the model catalogue and cache, the session folders, the
+    defaults."""
 
-    def __init__(self, device: str, defaults: lrm.JobOptions, sessions: Sessions, menu: dict[str, str],
-                 default_model: str):
-        self.device, self.defaults, self.sessions = device, defaults, sessions
-        self.menu = menu  # menu name -> source (local path or Hub id)
-        self.default_model = default_model
-        self.cache = ModelCache(device)
+    def __init__(self, device: str, defaults: lrm.JobOptions, sessions: Sessions, catalog: lrm.Catalog):
+        self.device, self.defaults, self.sessions, self.catalog = device, defaults, sessions, catalog
+        self.cache = lrm.ModelCache(device)
 
     def check_input(self, image):
         if image is None:
@@ -278,22 +153,14 @@ class Handlers:
         result.save(path)
         return str(path)
 
-    def runs(self, name: str) -> str:
-        """The model that runs for a menu entry: the demo model for a Hub model that cannot be obtained now."""
-        source = self.menu.get(name, name)
-        return source if lrm.is_available(source) else lrm.DEMO_MODEL
+    def unload(self, request: gr.Request):
+        """The session's page has closed."""
+        self.sessions.close(request)
 
-    @staticmethod
-    def settings_of(source: str) -> lrm.InferDefaults:
-        """The settings that go with a model (frame size, mesh resolution, ...), without loading it when possible."""
-        try:
-            return lrm.model_defaults(source)
-        except (ValueError, FileNotFoundError):
-            return lrm.InferDefaults()
-
-    def on_model_change(self, source):
-        own = self.settings_of(self.runs(source))
-        return gr.Slider(value=own.render_size), gr.Slider(value=own.mesh_size), gr.Slider(value=own.foreground_ratio)
+    def on_model_change(self, name: str):
+        """The model-dependent controls (`lrm.options.MODEL_SETTINGS`) set to the settings of the model that runs."""
+        own = self.catalog.settings(name)
+        return tuple(gr.Slider(value=getattr(own, k)) for k in MODEL_SETTINGS)
 
     @gpu(duration=120)
     def generate(self, image: str, model: str, source_distance: float, mesh_resolution: int, threshold: float,
@@ -312,7 +179,7 @@ class Handlers:
             video: also render the orbit video.
             views: the video's frames.
             fps: the video's frame rate.
-            frame_size: the video's frame size in pixels.
+            frame_size: the video's frame size in pixels (rounded down to an even number).
             faces: the GLB / OBJ asset's triangles after decimation (0: every marching-cubes triangle).
             texture_size: the side of its baked texture (0: vertex colours).
             keep_floaters: keep small disconnected pieces.
@@ -321,20 +188,19 @@ class Handlers:
             mesh) meshes and the MP4 orbit video (None where not made), and a summary.
         """
         self.check_input(image)
-        if model not in self.menu:
-            raise gr.Error(f"Unknown model {model!r}: choose one of the menu.", title="Cannot do that")
+        controls = dict(source_distance=source_distance, mesh_resolution=mesh_resolution, threshold=threshold,
+                        video=video, views=views, fps=fps, frame_size=frame_size, faces=faces,
+                        texture_size=texture_size, keep_floaters=keep_floaters)
         progress(0.0, desc="Loading the model")
         try:
-            loaded = self.cache.get(self.menu[model])
-            options = lrm.JobOptions(source_distance=source_distance, mesh_resolution=int(mesh_resolution),
-                                     threshold=threshold, video=bool(video), n_views=int(views), fps=int(fps),
-                                     video_size=int(frame_size) // 2 * 2, faces=int(faces),
-                                     texture_size=int(texture_size), keep_floaters=bool(keep_floaters),
-                                     remove_background=False)  # a stand-in model recentres it at its own size
+            choice = self.catalog.choose(model)
+            options = job_options(controls, remove_background=False)  # a stand-in model recentres at its own size
+            loaded = self.cache.get(choice.source)
         except (ValueError, FileNotFoundError) as err:
             raise user_error(err) from None
-        if self.cache.note:
-            gr.Warning(self.cache.note, title="Using the offline demo model")
+        note = choice.note or self.cache.note
+        if note:
+            gr.Warning(note, title="Using the offline demo model")
 
         def report(stage, fraction):
             self.sessions.check(request)  # stop when the browser tab has gone
@@ -342,15 +208,14 @@ class Handlers:
                 progress((round(fraction * options.n_views), options.n_views), desc="Rendering the video",
                          unit="frames")
             else:
-                progress(fraction, desc={"planes": "Encoding the image", "mesh": "Extracting the mesh",
-                                         "asset": "Decimating, unwrapping, baking the texture"}.get(stage))
+                progress(fraction, desc=STAGE_TEXT.get(stage))
 
         yield None, None, None, None, "Working…"  # a new run clears the last one's results
         try:
             with self.sessions.job(request):
                 out = self.sessions.new_run(request)
                 for stage, result in lrm.reconstruct_steps(loaded, image, out, options, name=output_name(image),
-                                                           preprocessed=not self.cache.note, progress=report):
+                                                           preprocessed=not note, progress=report):
                     files = download_files(result)
                     if stage == "asset" and options.video:  # the mesh, to turn around while the video renders
                         yield *files, "Mesh ready; rendering the video…"
@@ -364,27 +229,44 @@ class Handlers:
                            title="Out of memory") from None
         for problem in result.problems:
             gr.Warning(problem, title="Not everything could be made")
-        yield *files, self.summary(result, model)
+        yield *files, self.summary(result, model, note)
 
-    def summary(self, result: lrm.Reconstruction, model: str) -> str:
-        stages = " · ".join(f"{k} {v:.2f} s" for k, v in result.timings.items() if k != "preprocess")
-        total = sum(v for k, v in result.timings.items() if k != "preprocess")
-        sizes = ", ".join(f"{k.upper()} {result.files[k].stat().st_size / 1e6:.1f} MB" for k in ("glb", "obj", "ply")
-                          if k in result.files)
-        mesh = f"; mesh {len(result.asset.faces):,} triangles ({sizes})" if result.asset is not None else ""
-        who = (f"`{lrm.DEMO_MODEL}` (the offline demo model: `{model}` is not available here)" if self.cache.note
-               else f"`{model}`")
-        problems = "".join(f"\n\n**Not made:** {p}" for p in result.problems)
-        return f"**Done** in {total:.2f} s ({stages}) with {who} on {self.device}{mesh}.{problems}"
+    def summary(self, result: lrm.Reconstruction, model: str, note: str | None) -> str:
+        who = f"`{lrm.DEMO_MODEL}` (the offline demo model: `{model}` is not available here)" if note else f"`{model}`"
+        made, *problems = result.summary().splitlines()
+        return f"**Done** with {who} on {self.device}: {made}." + "".join(
+            f"\n\n**Not made:** {p.removeprefix('not made: ')}" for p in problems)
 
     def example(self, image, request: gr.Request, progress=gr.Progress()):
         """An example through both steps with the default model at the default settings."""
-        job = self.defaults.for_model(self.settings_of(self.runs(self.default_model)))
+        job = self.defaults.for_model(self.catalog.settings(self.catalog.default))
         pre = self.preprocess(image, job.remove_background, job.foreground_ratio, request)
-        *_, last = self.generate(pre, self.default_model, job.source_distance, job.mesh_resolution, job.threshold,
-                                 job.video, job.n_views, job.fps, job.video_size, job.faces, job.texture_size,
-                                 job.keep_floaters, request, progress)
+        *_, last = self.generate(pre, self.catalog.default, **controls_of(job), request=request, progress=progress)
         return (pre, *last)
+
+
+def settings_panel(d: lrm.JobOptions, catalog: lrm.Catalog) -> dict:
+    """The settings accordion, its first values from the job `d` -> the controls by name: "model", the
+    `lrm.JobOptions` fields the app offers."""
+    with gr.Accordion("Settings", open=False):
+        with gr.Row():
+            c = {"model": gr.Dropdown(catalog.choices, value=catalog.default, label="Model", elem_id="model", scale=2),
+                 "remove_background": gr.Checkbox(d.remove_background, label="Remove background"),
+                 "foreground_ratio": gr.Slider(0.5, 1.0, d.foreground_ratio, step=0.05, label="Foreground ratio"),
+                 "source_distance": gr.Slider(1.0, 3.5, d.source_distance, step=0.1, label="Source camera distance")}
+        with gr.Row():
+            c["mesh_resolution"] = gr.Slider(32, 512, d.mesh_resolution, step=32, label="Mesh resolution")
+            c["threshold"] = gr.Slider(0.5, 20.0, d.threshold, step=0.5, label="Density threshold")
+            c["video"] = gr.Checkbox(d.video, label="Render video")
+            c["n_views"] = gr.Slider(8, 200, d.n_views, step=1, label="Video views")
+            c["fps"] = gr.Slider(5, 60, d.fps, step=1, label="FPS")
+            c["video_size"] = gr.Slider(64, 512, d.video_size, step=16, label="Frame size")
+        with gr.Row():
+            c["faces"] = gr.Slider(0, 200_000, d.faces, step=1000, label="Triangles of the GLB / OBJ (0: all)")
+            c["texture_size"] = gr.Dropdown([("vertex colours", 0), ("512²", 512), ("1024²", 1024), ("2048²", 2048),
+                                             ("4096²", 4096)], value=d.texture_size, label="Texture")
+            c["keep_floaters"] = gr.Checkbox(d.keep_floaters, label="Keep small pieces (floaters)")
+    return c
 
 
 def build_demo(models: list[str] | None = None, device: str | None = None, *, defaults: lrm.JobOptions | None = None,
@@ -399,11 +281,10 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         cache_examples: cache example outputs on first use (lazily).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    choices, menu, default, banner = model_menu(models or [])
-    h = Handlers(device, defaults or lrm.JobOptions(), sessions or Sessions(), menu, default)
-    d = h.defaults.for_model(h.settings_of(h.runs(default)))  # the controls' first values
-    why = lrm.default_remover().check()  # once, at start-up: is rembg's model here?
-    if why:
+    catalog = lrm.Catalog(models or [])
+    h = Handlers(device, defaults or lrm.JobOptions(), sessions or Sessions(), catalog)
+    banner = catalog.banner
+    if why := lrm.default_remover().check():  # once, at start-up: is rembg's model here?
         banner += (f"\n\n**Background removal:** rembg cannot be used ({why}), so GrabCut cuts the objects out; "
                    "pictures with a transparent background are used as they are.")
     with gr.Blocks(title=TITLE, delete_cache=(900, SESSION_TTL_S)) as demo:
@@ -422,35 +303,16 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         with gr.Row():
             btn = gr.Button("Generate", variant="primary", elem_id="go", scale=2)
             downloads = [gr.DownloadButton(fmt.upper(), visible=False, elem_id=f"dl-{fmt}") for fmt in FILES]
-        summary = gr.Markdown(elem_id="timings", label="Summary")
-        with gr.Accordion("Settings", open=False):
-            with gr.Row():
-                model = gr.Dropdown(choices, value=default, label="Model", elem_id="model", scale=2)
-                remove_bg = gr.Checkbox(d.remove_background, label="Remove background")
-                ratio = gr.Slider(0.5, 1.0, d.foreground_ratio, step=0.05, label="Foreground ratio")
-                distance = gr.Slider(1.0, 3.5, d.source_distance, step=0.1, label="Source camera distance")
-            with gr.Row():
-                mesh_res = gr.Slider(32, 512, d.mesh_resolution, step=32, label="Mesh resolution")
-                threshold = gr.Slider(0.5, 20.0, d.threshold, step=0.5, label="Density threshold")
-                video_on = gr.Checkbox(d.video, label="Render video")
-                views = gr.Slider(8, 200, d.n_views, step=1, label="Video views")
-                fps = gr.Slider(5, 60, d.fps, step=1, label="FPS")
-                frame = gr.Slider(64, 512, d.video_size, step=16, label="Frame size")
-            with gr.Row():
-                faces = gr.Slider(0, 200_000, d.faces, step=1000, label="Triangles of the GLB / OBJ (0: all)")
-                texture = gr.Dropdown([("vertex colours", 0), ("512²", 512), ("1024²", 1024), ("2048²", 2048),
-                                       ("4096²", 4096)], value=d.texture_size, label="Texture")
-                floaters = gr.Checkbox(d.keep_floaters, label="Keep small pieces (floaters)")
-        outputs = [*downloads, summary]
+        outputs = [*downloads, gr.Markdown(elem_id="timings", label="Summary")]
+        c = settings_panel(h.defaults.for_model(catalog.settings(catalog.default)), catalog)
 
         # Checking and preprocessing do not wait behind other users' generation jobs (their own concurrency);
         # `generate` is limited by the queue's default (one job at a time: one GPU). Its progress shows on the video
         # panel only, so the mesh can be turned while the video renders.
         run = btn.click(h.check_input, [inp], None, concurrency_limit=None, api_visibility="private")
-        run = run.success(h.preprocess, [inp, remove_bg, ratio], [pre], api_name="preprocess",
-                          concurrency_limit=2, concurrency_id="preprocess")
-        run.success(h.generate, [pre, model, distance, mesh_res, threshold, video_on, views, fps, frame, faces, texture,
-                                 floaters], outputs,
+        run = run.success(h.preprocess, [inp, c["remove_background"], c["foreground_ratio"]], [pre],
+                          api_name="preprocess", concurrency_limit=2, concurrency_id="preprocess")
+        run.success(h.generate, [pre, c["model"], *(c[field] for field in CONTROLS.values())], outputs,
                     api_name="generate", show_progress_on=[vid])
         for button, viewer in zip(downloads, [m3d, None, None, vid]):
             if viewer:
@@ -459,13 +321,12 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
             else:
                 button.change(shown_if_set, [button], [button], api_visibility="private", queue=False,
                               show_progress="hidden")
-        model.change(h.on_model_change, [model], [frame, mesh_res, ratio], api_visibility="private")
-        examples = sorted(EXAMPLES_DIR.glob("*.png"))
-        if examples:
+        c["model"].change(h.on_model_change, [c["model"]], [c[k] for k in MODEL_SETTINGS], api_visibility="private")
+        if examples := sorted(EXAMPLES_DIR.glob("*.png")):
             gr.Examples([[str(p)] for p in examples], inputs=[inp], outputs=[pre] + outputs, fn=h.example,
                         cache_examples=cache_examples, cache_mode="lazy", examples_per_page=12,
                         label="Examples (procedural objects made by this project; click one to see its result)")
-        demo.unload(h.sessions.close)
+        demo.unload(h.unload)
     return demo
 
 
@@ -483,18 +344,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"refuse larger uploads [default: {MAX_UPLOAD_MB}]")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     return p.parse_args(argv)
-
-
-def sweep_dead_runs(root: Path = RUN_ROOT) -> None:
-    """Remove the temporary files of app processes that are gone (killed without cleaning up)."""
-    for folder in root.glob("*"):
-        if folder.name.isdigit() and int(folder.name) != os.getpid():
-            try:
-                os.kill(int(folder.name), 0)
-            except ProcessLookupError:
-                shutil.rmtree(folder, ignore_errors=True)
-            except PermissionError:
-                pass  # alive, another user's
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,7 +81,7 @@ def run_mode(arch: str, mode: str, device: str, planes_path: str, out_path: str,
     from lrm.pipeline import FIELDS
     from lrm.video import video_cameras, video_writer
     model = build_model(arch, device)
-    size = model.infer_defaults.render_size
+    size = model.infer_defaults.video_size
     image = lrm.image_to_tensor(lrm.preprocess(Image.open(EXAMPLE)), model.infer_defaults.source_size).to(device)
     timings = {}
     precision = precision if mode == "fast" else "fp32"
@@ -217,7 +217,7 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
     planes = fit_planes(model, make_shape(SHAPE_SEED), steps=args.fit_steps, points=8192)
     print(f"[{arch}] fitted planes to a procedural object in {time.perf_counter() - t:.0f} s", flush=True)
     torch.save(planes, planes_path)
-    render_size = model.infer_defaults.render_size
+    render_size = model.infer_defaults.video_size
     del model
     ref_frames = np.linspace(0, args.views - 1, args.ref_frames).round().astype(int).tolist()
     results = {}
@@ -287,7 +287,7 @@ def table(name: str, r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lrm.model import PRECISIONS
+    from lrm.options import PRECISIONS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small architecture, fewer fitting steps and reference "
                    "frames: a few minutes on 2 CPU cores")

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                                args.model, "--queue-size", str(max(20, 2 * args.concurrent))], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
-    from app import local_label
+    from lrm.catalog import local_label
     model = local_label(args.model) if Path(args.model).expanduser().exists() else args.model  # its menu name
     settings = (model, 2.0, 64, 3.0, True, 8, 8, 64)
     results: dict = {"model": args.model}

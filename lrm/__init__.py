@@ -13,25 +13,27 @@ Shape letters used throughout, in square brackets: N batch, M views, L tokens, D
 """
 
 from .camera import get_rays, orbit_cameras, source_camera
+from .catalog import Catalog, ModelCache
+from .checkpoint import CheckpointError, convert_state_dict, export_state_dict, read_checkpoint, save_pretrained
 from .config import InferDefaults, LRMConfig
 from .fast import FastField
 from .field import Field, ReferenceField
-from .hub import (DEFAULT_MODEL, DEMO_MODEL, RELEASED_MODELS, CheckpointError, ModelUnavailableError,
-                  convert_state_dict, export_state_dict, is_available, load_model, load_model_or_demo,
-                  model_defaults, read_checkpoint, save_pretrained)
-from .mesh import MESH_FORMATS, export_mesh, extract_mesh
-from .model import LRM, PRECISIONS, Precision
-from .pipeline import MODES, STAGES, JobOptions, Mode, Reconstruction, reconstruct, reconstruct_steps
+from .hub import (DEFAULT_MODEL, DEMO_MODEL, RELEASED_MODELS, ModelChoice, ModelUnavailableError, choose_model,
+                  is_available, load_model, load_model_or_demo, model_defaults)
+from .mesh import bundle_obj, export_mesh, extract_mesh
+from .model import LRM
+from .options import MESH_FORMATS, MODES, PRECISIONS, JobOptions, Mode, Precision
+from .pipeline import STAGES, Reconstruction, reconstruct, reconstruct_steps
 from .preprocess import BackgroundRemover, ImageError, default_remover, image_to_tensor, preprocess
 from .video import render_video
 
 __all__ = [
     "LRM", "LRMConfig", "InferDefaults", "CheckpointError", "ModelUnavailableError", "RELEASED_MODELS", "DEMO_MODEL",
-    "DEFAULT_MODEL", "load_model", "load_model_or_demo", "is_available", "model_defaults", "read_checkpoint",
-    "save_pretrained", "convert_state_dict", "export_state_dict",
-    "image_to_tensor", "source_camera", "orbit_cameras", "get_rays", "preprocess", "ImageError", "BackgroundRemover",
-    "default_remover",
-    "Field", "FastField", "ReferenceField", "extract_mesh", "export_mesh", "MESH_FORMATS", "render_video",
-    "JobOptions", "Mode", "MODES", "Precision", "PRECISIONS", "STAGES", "reconstruct", "reconstruct_steps",
-    "Reconstruction",
+    "DEFAULT_MODEL", "load_model", "load_model_or_demo", "choose_model", "ModelChoice", "is_available",
+    "model_defaults", "read_checkpoint", "save_pretrained", "convert_state_dict", "export_state_dict", "Catalog",
+    "ModelCache", "image_to_tensor", "source_camera", "orbit_cameras", "get_rays", "preprocess", "ImageError",
+    "BackgroundRemover", "default_remover",
+    "Field", "FastField", "ReferenceField", "extract_mesh", "export_mesh", "bundle_obj", "MESH_FORMATS",
+    "render_video", "JobOptions", "Mode", "MODES", "Precision", "PRECISIONS", "STAGES", "reconstruct",
+    "reconstruct_steps", "Reconstruction",
 ]

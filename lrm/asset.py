@@ -16,6 +16,8 @@ from PIL import Image
 from torch import Tensor
 
 from .field import Field
+from .mesh import vertex_colors
+from .options import FACES, TEXTURE_SIZE, check
 
 # Pieces whose surface is below this share of the largest piece's are floaters. Measured: the separate parts of 60
 # held-out procedural unions are 37-54 % of their largest part (ground truth at 128³); marching cubes' own specks are
@@ -27,7 +29,6 @@ FLOATER_SHARE = 0.01
 # and texture PSNR, ~10 % more seam vertices (GLB +8 %).
 PIECE_FACES = 250
 TEXTURE_PADDING = 4  # texels the bake spreads into the empty space around each chart (mip-mapped views read there)
-FACES, TEXTURE_SIZE = 40_000, 1024  # defaults (Hunyuan3D-2 decimates to 40k faces; SF3D keeps <= 20k vertices)
 
 
 def remove_floaters(mesh: trimesh.Trimesh, min_share: float = FLOATER_SHARE) -> trimesh.Trimesh:
@@ -191,16 +192,15 @@ def make_asset(field: Field, mesh: trimesh.Trimesh, faces: int = FACES, texture_
     """The dense marching-cubes mesh -> a light asset: floaters removed (unless `keep_floaters`), decimated to about
     `faces` triangles (0: all kept) and either UV-textured with a `texture_size`² texture baked from the field (a PBR
     material: metallic 0, roughness 1; `name` names it) or, with texture_size 0, vertex-coloured from the field."""
+    faces, texture_size = check("faces", faces), check("texture_size", texture_size)
     out = mesh if keep_floaters else remove_floaters(mesh)
     if faces:
         out = decimate(out, faces)
     if not texture_size:
         if out is mesh:
             return mesh
-        colors = (field.colors(torch.as_tensor(out.vertices, dtype=torch.float32)).float().cpu().numpy() * 255)
         out = out.copy()
-        out.visual = trimesh.visual.ColorVisuals(out, vertex_colors=np.concatenate(
-            [colors.astype(np.uint8), np.full((len(colors), 1), 255, np.uint8)], 1))  # truncated, like the reference's
+        out.visual = trimesh.visual.ColorVisuals(out, vertex_colors=vertex_colors(field, out.vertices))
         return out
     vertices, triangles, uv = unwrap(out)
     texture = bake_texture(field, vertices, triangles, uv, texture_size)

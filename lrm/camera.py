@@ -18,11 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import InferDefaults
+
 FOCAL = 0.75
 PRINCIPAL = 0.5
+ORBIT_RADIUS, ORBIT_HEIGHT = 2.0, 0.8  # the reference's render orbit (v1.1 `surrounding_views_linspace` defaults)
 
 
-def source_camera(distance: float = 2.0, batch_size: int = 1) -> Tensor:
+def source_camera(distance: float = InferDefaults.source_distance, batch_size: int = 1) -> Tensor:
     """The canonical conditioning camera at (0, -distance, 0) looking at the origin, z up -> [N, 16]."""
     extrinsics = torch.tensor([[1, 0, 0, 0],
                                [0, 0, -1, -distance],
@@ -59,7 +62,8 @@ def render_cameras(cam2world: Tensor) -> Tensor:
     return torch.cat([c2w.reshape(m, 16), k.reshape(1, 9).repeat(m, 1)], dim=-1)
 
 
-def orbit_cameras(n_views: int, radius: float = 2.0, height: float = 0.8, *, endpoint: bool = True) -> Tensor:
+def orbit_cameras(n_views: int, radius: float = ORBIT_RADIUS, height: float = ORBIT_HEIGHT, *,
+                  endpoint: bool = True) -> Tensor:
     """Cameras on a circle at `height` above the origin, `radius` away from it, looking at it -> [M, 25].
 
     The first view is in front (azimuth of the source camera, -y), then counter-clockwise seen from above.

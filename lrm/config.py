@@ -111,17 +111,22 @@ _OPTIONAL.update(_EXTENSION_DEFAULTS)
 
 @dataclass(frozen=True)
 class InferDefaults:
-    """Inference settings that go with a checkpoint (v1.0 stores some in `model.pth`, v1.1 in `configs/infer-*.yaml`)."""
-    source_size: int = 224
-    render_size: int = 192
-    samples_per_ray: int = 96
-    source_cam_dist: float = 2.0
-    mesh_size: int = 384
-    mesh_threshold: float = 3.0
+    """A model's own settings: its input size, and the job options it fills in when a job leaves them unset (the
+    same names as `lrm.JobOptions`). The defaults are the reference's; v1.0 checkpoints store some of them in
+    `model.pth` (`kwargs['infer']`), v1.1 in OpenLRM's `configs/infer-*.yaml`, this project's models in infer.json."""
+    source_size: int = 224          # the encoder's input side
+    video_size: int = 192           # the rendered frames' side (OpenLRM's `render_size`)
+    source_distance: float = 2.0    # the conditioning camera's distance (`source_cam_dist`)
+    mesh_resolution: int = 384      # the marching-cubes grid (`mesh_size`)
+    threshold: float = 3.0          # the density level of the surface (`mesh_thres`)
     # The recentring of the input (`lrm.preprocess`): the reference app's 0.85; this project's own models store the
     # ratio their training views had (lrm/train/data.py) in infer.json.
     foreground_ratio: float = 0.85
 
+
+# A checkpoint's stored setting (v1.0's kwargs['infer'] and this project's infer.json use OpenLRM's names) -> its name
+STORED_NAMES = {"source_size": "source_size", "render_size": "video_size", "source_cam_dist": "source_distance",
+                "mesh_size": "mesh_resolution", "mesh_thres": "threshold", "foreground_ratio": "foreground_ratio"}
 
 # OpenLRM's input / render sizes per released model size: v1.1.1 `configs/infer-{s,b,l}.yaml`; v1.0's model cards
 # (its checkpoints also store them in kwargs['infer']). Other architectures get the smallest.
@@ -132,25 +137,21 @@ _SIZE_OF = {"1.1": {512: "small", 768: "base", 1024: "large"},
             "1.0": {(768, 12): "small", (1024, 12): "base", (1024, 16): "large"}}
 
 
-def released_defaults(release: str, size: str | None, samples_per_ray: int = InferDefaults.samples_per_ray
-                      ) -> InferDefaults:
+def released_defaults(release: str, size: str | None) -> InferDefaults:
     """The reference's inference settings for a released model size ("small" / "base" / "large"; None: other)."""
-    source, render = RELEASE_SIZES.get(release, {}).get(size, (224, 192))
-    return InferDefaults(source_size=source, render_size=render, samples_per_ray=samples_per_ray)
+    source, render = RELEASE_SIZES.get(release, {}).get(size, (InferDefaults.source_size, InferDefaults.video_size))
+    return InferDefaults(source_size=source, video_size=render)
 
 
 def infer_defaults_for(config: LRMConfig, stored: Mapping[str, Any] | None = None,
                        release: str = "1.1") -> InferDefaults:
     """The reference's inference settings for `config`, overridden by what the checkpoint stores (`stored`: v1.0's
-    kwargs['infer'] or this project's infer.json)."""
+    kwargs['infer'] or this project's infer.json, in OpenLRM's names)."""
     key = (config.transformer_dim, config.transformer_layers) if release == "1.0" else config.transformer_dim
-    values = dataclasses.asdict(released_defaults(release, _SIZE_OF.get(release, {}).get(key),
-                                                  config.rendering_samples_per_ray))
+    values = dataclasses.asdict(released_defaults(release, _SIZE_OF.get(release, {}).get(key)))
     # (v1.0 also stores `render_views` / `render_fps`, the reference's offline orbit; the video's frames and rate are
     # job options here, `lrm.JobOptions`)
-    for key in ("source_size", "render_size", "source_cam_dist", "mesh_size", "foreground_ratio"):
-        if stored and stored.get(key) is not None:
-            values[key] = type(getattr(InferDefaults, key))(stored[key])
-    if stored and stored.get("mesh_thres") is not None:
-        values["mesh_threshold"] = float(stored["mesh_thres"])
+    for stored_name, name in STORED_NAMES.items():
+        if stored and stored.get(stored_name) is not None:
+            values[name] = type(getattr(InferDefaults, name))(stored[stored_name])
     return InferDefaults(**values)

@@ -6,12 +6,15 @@ The mesh lives in the triplane's world frame (z up, the input view looking along
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import InferDefaults
 from .field import Field, Progress
+from .options import MESH_FORMATS, check
 
 
 class EmptyMeshError(ValueError):
@@ -25,7 +28,8 @@ def vertex_colors(field: Field, vertices: np.ndarray) -> np.ndarray:
     return np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
 
 
-def extract_mesh(field: Field, resolution: int = 384, threshold: float = 3.0, progress: Progress | None = None):
+def extract_mesh(field: Field, resolution: int = InferDefaults.mesh_resolution,
+                 threshold: float = InferDefaults.threshold, progress: Progress | None = None):
     """Mesh of the density level set `threshold` of a field (`lrm.FastField` or `lrm.ReferenceField`) ->
     `trimesh.Trimesh` with vertex colours. Raises `EmptyMeshError` (a ValueError) when there is no surface.
 
@@ -35,8 +39,9 @@ def extract_mesh(field: Field, resolution: int = 384, threshold: float = 3.0, pr
     import mcubes
     import trimesh
 
+    resolution, threshold = check("mesh_resolution", resolution), check("threshold", threshold)
     if resolution < 2:
-        raise ValueError(f"mesh resolution must be at least 2, got {resolution}")
+        raise ValueError(f"mesh_resolution must be at least 2 to make a mesh, got {resolution}")
     grid, lo = field.surface_grid(resolution, threshold, progress)
     vertices, faces = mcubes.marching_cubes(np.ascontiguousarray(grid.float().cpu().numpy()), threshold)
     if len(faces) == 0:
@@ -56,9 +61,6 @@ WORLD_TO_GLTF = np.array([[1, 0, 0, 0],
                           [0, -1, 0, 0],
                           [0, 0, 0, 1]], dtype=np.float64)
 
-MESH_FORMATS = ("glb", "obj", "ply")
-
-
 def srgb_to_linear(colors: np.ndarray) -> np.ndarray:
     """uint8 sRGB(A) colours [V, 3 | 4] -> uint8 linear ones (alpha kept): glTF's COLOR_0 is linear, and the model's
     colours are image (sRGB) colours, which viewers would otherwise show lighter and washed out."""
@@ -67,19 +69,38 @@ def srgb_to_linear(colors: np.ndarray) -> np.ndarray:
     return np.concatenate([(linear * 255).round().astype(np.uint8), colors[:, 3:]], 1)
 
 
+def obj_companions(stem: str) -> dict[str, str]:
+    """The files a textured `<stem>.obj` comes with: "mtl" and "texture" -> file name."""
+    return {"mtl": f"{stem}.mtl", "texture": f"{stem}_texture.png"}
+
+
 def _write_textured_obj(mesh, path: Path) -> None:
-    """OBJ + `<stem>.mtl` + `<stem>_texture.png` beside it. The material is written here, not by trimesh, whose MTL
-    scales the texture by Kd 0.4 (darker in viewers that multiply them) and adds ambient and specular terms."""
+    """OBJ + its MTL and texture PNG beside it (`obj_companions`). The material is written here, not by trimesh, whose
+    MTL scales the texture by Kd 0.4 (darker in viewers that multiply them) and adds ambient and specular terms."""
     from trimesh.exchange.obj import export_obj
 
-    text, _ = export_obj(mesh, include_normals=False, include_texture=True, return_texture=True,
-                         mtl_name=f"{path.stem}.mtl")
+    names = obj_companions(path.stem)
+    text, _ = export_obj(mesh, include_normals=False, include_texture=True, return_texture=True, mtl_name=names["mtl"])
     material = re.search(r"^usemtl (.+)$", text, re.M).group(1)
-    texture = f"{path.stem}_texture.png"
-    mesh.visual.material.baseColorTexture.save(path.with_name(texture))
-    path.with_name(f"{path.stem}.mtl").write_text(
-        f"newmtl {material}\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nNs 1\nd 1\nillum 1\nmap_Kd {texture}\n")
+    mesh.visual.material.baseColorTexture.save(path.with_name(names["texture"]))
+    path.with_name(names["mtl"]).write_text(
+        f"newmtl {material}\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nNs 1\nd 1\nillum 1\nmap_Kd {names['texture']}\n")
     path.write_text(text)
+
+
+def bundle_obj(path: str | Path) -> Path:
+    """A textured OBJ with its MTL and texture as one download: `<stem>_obj.zip` beside it (made once); a lone OBJ
+    would lose its texture. An OBJ without them is returned as it is."""
+    path = Path(path)
+    companions = [path.with_name(name) for name in obj_companions(path.stem).values()]
+    if not all(p.is_file() for p in companions):
+        return path
+    bundle = path.with_name(f"{path.stem}_obj.zip")
+    if not bundle.exists():
+        with zipfile.ZipFile(bundle, "w") as z:
+            for p in (path, *companions):
+                z.write(p, p.name)
+    return bundle
 
 
 def export_mesh(mesh, path) -> Path:
@@ -89,7 +110,7 @@ def export_mesh(mesh, path) -> Path:
     right way up in any viewer; PLY stays in the reference's frame (z up), as OpenLRM writes it. Marching cubes on a
     density that is higher inside gives outward-facing triangles; the rotation keeps them so. A GLB's vertex colours
     are written linear (`srgb_to_linear`); a texture stays sRGB, as glTF's base colour is. A textured OBJ also writes
-    `<stem>.mtl` and `<stem>_texture.png` beside it.
+    its MTL and texture PNG beside it (`obj_companions`).
     """
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")

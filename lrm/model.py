@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import warnings
 from pathlib import Path
-from typing import Callable, Literal, get_args
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from .camera import get_rays
 from .config import InferDefaults, LRMConfig, infer_defaults_for
 from .encoder import ImageEncoder, encoder_spec
 from .lift import ColorLift, TriplaneLift
+from .options import Precision, check
 from .renderer import RayBundle, TriplaneField, density_activation, random_draws, render_rays, view_ray_limits
 from .transformer import CameraEmbedder, TriplaneTransformer
 
@@ -25,8 +26,6 @@ POINT_CHUNK = 2 ** 20
 RENDER_CHUNK = 2 ** 18
 
 
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast dtype
 # CPU instructions that make autocast pay (any of them; Linux's /proc/cpuinfo names): AMX tiles or AVX-512's bf16 / fp16
 CPU_FLAGS = {"bf16": ("amx_bf16", "avx512_bf16"), "fp16": ("amx_fp16", "avx512_fp16")}
@@ -76,8 +75,7 @@ class LRM(nn.Module):
         precision="bf16" / "fp16" runs the encoder and transformer under autocast (tensor cores on a GPU, AMX on recent
         x86 CPUs); the planes come back in the model's dtype. "fp32" (default) is the reference's arithmetic.
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        precision = check("precision", precision)
         if precision != "fp32" and self.device.type == "cpu" and not cpu_has(precision):
             warnings.warn(f"precision {precision} runs in fp32: this CPU has no {precision} matrix instructions "
                           f"({' or '.join(CPU_FLAGS[precision])}), where autocast makes the planes slower, not faster "

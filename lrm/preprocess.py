@@ -8,6 +8,7 @@ else to OpenCV GrabCut seeded from the image border, with a warning.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -19,12 +20,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray]
+from .config import InferDefaults
+from .options import check
+
+# a PIL image, a path, an array, the bytes of an image file or a binary file object
+ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray, bytes, io.IOBase]
 
 MIN_SIDE = 16                 # smaller images hold no usable object
 MAX_PIXELS = 64_000_000       # refuse decompression-bomb sized images (PIL's own limit warns at 89 M pixels)
 MAX_SIDE = 2048               # larger images are scaled down first: the models see at most 448 px, rembg's u2net 320
 ALPHA_THRESHOLD = 127         # alpha above this is foreground for the bounding box
+CANVAS_SIZE = 512             # the recentred picture's side (the reference app's)
 
 
 class ImageError(ValueError):
@@ -51,33 +57,42 @@ def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
-def load_image(image: ImageInput, max_side: int | None = MAX_SIDE) -> Image.Image:
-    """Open a path / PIL image / uint8 array as RGB or RGBA: EXIF rotation applied, first frame of animations, and
-    scaled down to `max_side` pixels on its longer side (None: as it is).
+def load_image(image: ImageInput, max_side: int | None = MAX_SIDE, *, name: str | None = None) -> Image.Image:
+    """Open a path / PIL image / uint8 array / image file's bytes / binary file object as RGB or RGBA: EXIF rotation
+    applied, first frame of animations, and scaled down to `max_side` pixels on its longer side (None: as it is).
 
-    Messages name the file, not its folder (they may reach other people, e.g. through the app).
+    Messages name the file, not its folder (they may reach other people, e.g. through the app); `name` names bytes or
+    a file object in them.
     """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ImageError(f"an image array must be uint8 HxW, HxWx3 or HxWx4, got {image.dtype} {image.shape}")
         image = Image.fromarray(image)
     elif not isinstance(image, Image.Image):
-        path = Path(image)
-        if path.is_dir():
-            raise ImageError(f"{path.name} is a folder, not an image file")
-        if not path.is_file():
-            raise ImageError(f"{path.name}: no such file")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path.name} is empty (0 bytes)")
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            name, source = name or "the image", io.BytesIO(image)
+            size = len(source.getbuffer())
+        elif isinstance(image, io.IOBase) or hasattr(image, "read"):
+            name, source, size = name or Path(str(getattr(image, "name", "the image"))).name, image, None
+        else:
+            path = Path(image)
+            name, source = name or path.name, path
+            if path.is_dir():
+                raise ImageError(f"{name} is a folder, not an image file")
+            if not path.is_file():
+                raise ImageError(f"{name}: no such file")
+            size = path.stat().st_size
+        if size == 0:
+            raise ImageError(f"{name} is empty (0 bytes)")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(path)  # reads the header only
+                image = Image.open(source)  # reads the header only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{path.name} is too large to process safely; use an image under "
+            raise ImageError(f"{name} is too large to process safely; use an image under "
                              f"{MAX_PIXELS // 1_000_000} megapixels") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ImageError(f"{path.name} is not an image that can be read ({type(err).__name__}); use a PNG, JPEG "
+            raise ImageError(f"{name} is not an image that can be read ({type(err).__name__}); use a PNG, JPEG "
                              "or WebP file") from None
         if max_side and image.width * image.height <= MAX_PIXELS and image.format == "JPEG":
             image.draft(image.mode, (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale: a fraction of the memory
@@ -137,9 +152,7 @@ class BackgroundRemover:
             try:
                 import rembg  # noqa: F401  (exits the process without onnxruntime: SystemExit, caught below)
                 if self.model_path:
-                    # rembg only accepts custom models inside its home folder; make the file's folder the home.
-                    os.environ["U2NET_HOME"] = str(Path(self.model_path).resolve().parent)
-                    self._session = rembg.new_session("u2net_custom", model_path=str(Path(self.model_path).resolve()))
+                    self._session = _local_session(self.model_path)
                 else:
                     self._session = rembg.new_session(self.model_name)
             except (Exception, SystemExit) as err:  # offline download failure, missing onnxruntime, bad file
@@ -161,6 +174,25 @@ class BackgroundRemover:
                       "image border, cut the object out instead. For better cut-outs give the image an alpha channel, "
                       "or point LRM_REMBG_MODEL_PATH at a local u2net.onnx (see README).", RuntimeWarning, stacklevel=2)
         return grabcut_foreground(image)
+
+
+def _local_session(model_path: str):
+    """rembg's `u2net_custom` session on a local ONNX file, wherever it is: rembg itself only takes a file inside its
+    home folder (from U2NET_HOME, read at call time), and this takes the file as given instead of setting that
+    variable for the whole process."""
+    import onnxruntime
+    from rembg.sessions.u2net_custom import U2netCustomSession
+
+    path = Path(model_path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name}: File doesn't exist")
+
+    class LocalU2net(U2netCustomSession):
+        @classmethod
+        def download_models(cls, *args, **kwargs):
+            return str(path)
+
+    return LocalU2net("u2net_custom", onnxruntime.SessionOptions(), model_path=str(path))
 
 
 def _why_unavailable(err: BaseException, model: str) -> str:
@@ -221,10 +253,10 @@ def default_remover() -> BackgroundRemover:
 # Recentring
 
 
-def recenter(image: Image.Image, foreground_ratio: float = 0.85, size: int = 512) -> Image.Image:
+def recenter(image: Image.Image, foreground_ratio: float = InferDefaults.foreground_ratio,
+             size: int = CANVAS_SIZE) -> Image.Image:
     """RGBA -> size x size RGBA with the alpha bounding box centred and its longer side = foreground_ratio * size."""
-    if not 0.1 <= foreground_ratio <= 1.0:
-        raise ValueError(f"foreground_ratio must be in [0.1, 1], got {foreground_ratio}")
+    foreground_ratio = check("foreground_ratio", foreground_ratio)
     alpha = np.asarray(image.getchannel("A"))
     ys, xs = np.nonzero(alpha > ALPHA_THRESHOLD)
     if len(xs) == 0:
@@ -240,9 +272,11 @@ def recenter(image: Image.Image, foreground_ratio: float = 0.85, size: int = 512
     return canvas
 
 
-def preprocess(image: ImageInput, remove_background: bool = True, foreground_ratio: float = 0.85,
-               size: int = 512, remover: BackgroundRemover | None = None) -> Image.Image:
-    """Any image (path, PIL, uint8 array) -> square RGBA, object centred at `foreground_ratio` of the side.
+def preprocess(image: ImageInput, remove_background: bool = True,
+               foreground_ratio: float = InferDefaults.foreground_ratio, size: int = CANVAS_SIZE,
+               remover: BackgroundRemover | None = None) -> Image.Image:
+    """Any image (path, PIL, uint8 array, file bytes or object) -> square RGBA, object centred at `foreground_ratio`
+    of the side.
 
     Background removal is skipped when the image already has a meaningful alpha channel; with
     remove_background=False an image without alpha is only recentred as a whole (fully opaque).

@@ -14,12 +14,14 @@ import math
 
 import numpy as np
 
+from .renderer import OUT_OF_BOX_SIGMA
+
 try:
     import numba
 except ImportError:  # the tensor path serves
     numba = None
 
-OUT_OF_BOX = float(np.finfo(np.float32).min) / 8  # renderer.OUT_OF_BOX_SIGMA
+OUT_OF_BOX = float(OUT_OF_BOX_SIGMA)  # a plain float: a compile-time constant of the compiled loop
 
 
 def _cell(g, x, y, z):

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from .camera import orbit_cameras
+from .camera import ORBIT_HEIGHT, ORBIT_RADIUS, orbit_cameras
 from .field import Field, Progress
+from .options import FPS, N_VIEWS, check
 
 
-def video_cameras(n_views: int, radius: float = 2.0, height: float = 0.8) -> Tensor:
+def video_cameras(n_views: int, radius: float = ORBIT_RADIUS, height: float = ORBIT_HEIGHT) -> Tensor:
     """The reference's v1.1 orbit cameras for n_views distinct frames -> [n_views, 25].
 
     OpenLRM's `linspace` orbit repeats its first view at the end, which shows as a stutter when the video loops;
@@ -32,7 +33,7 @@ def video_writer(path: str | Path, fps: int):
                               macro_block_size=2, ffmpeg_log_level="error", ffmpeg_params=["-movflags", "+faststart"])
 
 
-def render_video(field: Field, path: str | Path, n_views: int = 100, fps: int = 25, size: int | None = None, *,
+def render_video(field: Field, path: str | Path, n_views: int = N_VIEWS, fps: int = FPS, size: int | None = None, *,
                  batch_views: int = 4, progress: Progress | None = None) -> Path:
     """Render `n_views` frames of the orbit of a field (`lrm.FastField` or `lrm.ReferenceField`) at size x size
     (default: the model's render size) into an MP4.
@@ -40,11 +41,8 @@ def render_video(field: Field, path: str | Path, n_views: int = 100, fps: int = 
     Deterministic sampling. Frames are rendered `batch_views` at a time and streamed to the encoder, so memory does
     not grow with n_views. `progress(done, total)` is called after each frame.
     """
-    size = size or field.infer_defaults.render_size
-    if size % 2:
-        raise ValueError(f"video frame size must be even for H.264 yuv420p, got {size}")
-    if n_views < 1 or fps < 1:
-        raise ValueError(f"n_views and fps must be positive, got {n_views} and {fps}")
+    size = check("video_size", size or field.infer_defaults.video_size)
+    n_views, fps = check("n_views", n_views), check("fps", fps)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cameras = video_cameras(n_views)

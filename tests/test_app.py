@@ -21,6 +21,7 @@ from PIL import Image
 
 import app
 import lrm
+from lrm.options import MODEL_SETTINGS
 
 from conftest import REFCHECK
 
@@ -301,11 +302,11 @@ def test_sessions_expire_after_ttl(tmp_path):
 
 
 def test_model_menu_and_defaults():
-    assert lrm.model_defaults("zxhezexin/openlrm-mix-base-1.1").render_size == 288  # known by name, not downloaded
-    assert lrm.model_defaults("zxhezexin/openlrm-obj-small-1.1").render_size == 192
-    assert lrm.model_defaults("zxhezexin/openlrm-large-obj-1.0").render_size == 384
+    assert lrm.model_defaults("zxhezexin/openlrm-mix-base-1.1").video_size == 288  # known by name, not downloaded
+    assert lrm.model_defaults("zxhezexin/openlrm-obj-small-1.1").video_size == 192
+    assert lrm.model_defaults("zxhezexin/openlrm-large-obj-1.0").video_size == 384
     assert lrm.model_defaults("lrm-demo-shapes").foreground_ratio == 0.6  # read from its infer.json
-    assert app.local_label(TINY) == "local: refcheck-tiny-1.1/model"
+    assert lrm.catalog.local_label(TINY) == "local: refcheck-tiny-1.1/model"
     assert not lrm.is_available("zxhezexin/openlrm-mix-base-1.1")  # offline, nothing cached
     assert lrm.is_available(TINY)
     demo = app.build_demo([TINY], "cpu", cache_examples=False)
@@ -319,14 +320,10 @@ def test_model_menu_and_defaults():
     labels = dict((v, label) for label, v in dropdown["props"]["choices"])
     assert all(labels[m].endswith("(not available offline: runs lrm-demo-shapes)") for m in lrm.RELEASED_MODELS)
     assert not dropdown["props"]["allow_custom_value"]
-    # choosing one sets the controls to the model that will run (the demo model's frame, mesh and framing)
-    handlers = app.Handlers("cpu", lrm.JobOptions(), app.Sessions(), {v: v for v in values}, TINY_NAME)
-    frame, mesh, ratio = handlers.on_model_change("zxhezexin/openlrm-mix-base-1.1")
-    demo_defaults = lrm.model_defaults("lrm-demo-shapes")
-    assert (frame.value, mesh.value, ratio.value) == (demo_defaults.render_size, demo_defaults.mesh_size, 0.6)
     # a mistyped local path is left out with a line on stderr: the app still starts with what loads
-    choices, menu, default, _ = app.model_menu(["./no-such-dir", TINY])
-    assert default == TINY_NAME and menu[TINY_NAME] == TINY and "./no-such-dir" not in menu
+    catalog = lrm.Catalog(["./no-such-dir", TINY])
+    assert catalog.default == TINY_NAME and catalog.sources[TINY_NAME] == TINY and "./no-such-dir" not in \
+        catalog.sources
     banner = next(c for c in config["components"] if c["props"].get("elem_id") == "banner")
     assert banner["props"]["visible"] and "Offline" in banner["props"]["value"]
     # without a local checkpoint, offline: the embedded demo model is the default, and the banner says so
@@ -334,6 +331,26 @@ def test_model_menu_and_defaults():
     dropdown = next(c for c in config["components"] if c["props"].get("elem_id") == "model")
     banner = next(c for c in config["components"] if c["props"].get("elem_id") == "banner")
     assert dropdown["props"]["value"] == "lrm-demo-shapes" and "lrm-demo-shapes" in banner["props"]["value"]
+
+
+def test_choosing_a_model_sets_all_its_controls(tmp_path):
+    """Every model-dependent control follows the model that will run: frame size, mesh resolution, foreground ratio,
+    and also a v1.0 checkpoint's own threshold and source distance (its kwargs['infer'])."""
+    import torch
+    saved = torch.load(REFCHECK / "refcheck-tiny-1.0" / "model" / "model.pth", weights_only=True)
+    saved["kwargs"]["infer"] |= {"mesh_size": 96, "mesh_thres": 7.5, "source_cam_dist": 1.7}
+    (tmp_path / "own").mkdir()
+    torch.save(saved, tmp_path / "own" / "model.pth")
+    handlers = app.Handlers("cpu", lrm.JobOptions(), app.Sessions(tmp_path / "s"),
+                            lrm.Catalog([TINY, tmp_path / "own" / "model.pth"]))
+    controls = lambda name: {k: slider.value for k, slider in zip(MODEL_SETTINGS, handlers.on_model_change(name))}
+    assert controls("local: own/model.pth") == {"foreground_ratio": 0.85, "source_distance": 1.7,
+                                                "mesh_resolution": 96, "threshold": 7.5, "video_size": 32}
+    assert controls(TINY_NAME) == {"foreground_ratio": 0.85, "source_distance": 2.0, "mesh_resolution": 384,
+                                   "threshold": 3.0, "video_size": 192}
+    # a released model offline: the demo model runs, so its settings (infer.json) are the controls'
+    assert controls("zxhezexin/openlrm-mix-base-1.1") == {"foreground_ratio": 0.6, "source_distance": 2.0,
+                                                          "mesh_resolution": 256, "threshold": 3.0, "video_size": 192}
 
 
 def test_missing_rembg_model_is_said_once_at_start(monkeypatch):

@@ -131,8 +131,11 @@ def test_vertex_coloured_asset_and_linear_colour_in_the_glb(tmp_path):
     dense = surface(ball((0, 0, 0), 0.5))
     asset = make_asset(field, dense, faces=2000, texture_size=0)
     assert asset.visual.kind == "vertex" and len(asset.faces) <= 2000
-    expected = (field.colors(asset.vertices).numpy() * 255).astype(np.uint8)
-    assert np.array_equal(asset.visual.vertex_colors[:, :3], expected)
+    # the analytic colours at the decimated vertices, in float64: 8-bit values truncated as the reference's
+    x, y, z = np.asarray(asset.vertices, np.float64).T
+    exact = np.stack([0.5 + 0.4 * np.sin(3 * x), 0.5 + 0.4 * np.cos(2 * y + z), 0.3 + 0.3 * (z + 1)], -1) * 255
+    written = asset.visual.vertex_colors[:, :3].astype(np.float64)
+    assert (written <= exact + 1e-3).all() and (written > exact - 1 - 1e-3).all()
     path = lrm.export_mesh(asset, tmp_path / "ball.glb")
     back = trimesh.load(path, force="mesh", process=False)
     # glTF's COLOR_0 is linear: mid grey 128 is written as 55, and so on

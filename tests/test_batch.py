@@ -1,5 +1,6 @@
 """`python -m lrm.batch` on a local Ray cluster: manifest, resume, the CLI's files, a killed actor, bad input."""
 
+import io
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trimesh
+from pyarrow.fs import FileSelector
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = ["--model", "lrm-demo-shapes", "--mesh-resolution", "64", "--views", "4", "--video-size", "64",
@@ -138,3 +140,64 @@ def test_bad_input_gets_a_clear_message(tmp_path, images):
     assert time.time() - start < 30
     done = batch(images, "--out", tmp_path / "o", "--gpus-per-worker", "1", *LIGHT, timeout=120)
     assert done.returncode == 2 and "the cluster has 0 GPUs" in done.stderr
+
+
+@pytest.fixture()
+def bucket():
+    """A folder on a non-local pyarrow filesystem (fsspec's in-memory one, as an object store is reached)."""
+    import uuid
+
+    import fsspec
+    from pyarrow import fs
+
+    from lrm.batch import Place
+    place = Place(fs.PyFileSystem(fs.FSSpecHandler(fsspec.filesystem("memory"))), f"/bucket-{uuid.uuid4().hex}",
+                  "memory://")
+    place.fs.create_dir(place.path)
+    return place
+
+
+def test_outputs_manifest_and_lock_on_an_object_store(bucket):
+    """The pool's actor writing to a non-local filesystem (here in this process): every file under its final name
+    and no part left, the manifest rewritten whole (no appends there) and read back, the lock checked, then written."""
+    import numpy as np
+    import torch
+
+    import lrm
+    from lrm.batch import LOCK, BatchError, Lock, Manifest, Reconstructor, complete, made_from, preprocess_row
+    from lrm.cli import Input
+    job = lrm.JobOptions(mesh_resolution=48, n_views=2, video_size=32, faces=2000, texture_size=256).for_model(
+        lrm.model_defaults(lrm.DEMO_MODEL))
+    rows = [preprocess_row({"input": str(ROOT / "examples" / f"{n}.png"), "name": name}, job)
+            for n, name in (("cone", "cone"), ("torus", "nested/torus"))]
+    rows.append({"input": "gone.png", "name": "gone", "image": np.zeros((1, 1, 4), np.uint8), "seconds": 0.0,
+                 "error": "gone.png: no such file"})
+    actor = Reconstructor(lrm.DEMO_MODEL, "cpu", torch.get_num_threads(), job, bucket)
+    batch = {k: [r[k] for r in rows] for k in ("input", "name", "image", "seconds", "error")}
+    out = actor(batch)
+    assert out["status"] == ["ok", "ok", "failed"] and out["error"][2] == "gone.png: no such file"
+    outputs = [json.loads(o) for o in out["outputs"]]
+    assert outputs[1]["glb"] == "nested/torus.glb" and complete(bucket, "nested/torus", job) == outputs[1]
+    written = bucket.fs.get_file_info(FileSelector(bucket.path, recursive=True))
+    assert not [f.path for f in written if ".part-" in f.path]
+    glb = bucket.join(outputs[0]["glb"])
+    with bucket.fs.open_input_stream(glb.path) as f:
+        assert len(trimesh.load(io.BytesIO(f.read()), file_type="glb", force="mesh").faces) > 100
+
+    with Lock(bucket):
+        with pytest.raises(BatchError, match="another batch is writing"):
+            Lock(bucket).__enter__()
+        manifest = Manifest(bucket)
+        for i in range(2):
+            manifest.add({"input": rows[i]["input"], "name": rows[i]["name"], "status": "ok", "outputs": outputs[i],
+                          "made_from": made_from({"size": 1, "mtime": 2}, job, lrm.DEMO_MODEL)})
+        manifest.flush()
+    assert bucket.fs.get_file_info(bucket.join(LOCK).path).type.name == "NotFound"
+    with bucket.fs.open_output_stream(bucket.join("manifest.jsonl").path) as f:  # a writer killed mid-line
+        f.write(("".join(manifest.lines) + '{"input": "half').encode())
+    again = Manifest(bucket)
+    assert again.broken == 1 and [r["name"] for r in again.records] == ["cone", "nested/torus"]
+    again.add({"input": "x", "status": "ok"})
+    again.flush()
+    assert [json.loads(line)["input"] for line in again.lines[:2]] == [r["input"] for r in rows[:2]]
+    assert Manifest(bucket).records[-1] == {"input": "x", "status": "ok"}

@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 import lrm
 from lrm.config import LRMConfig
-from lrm.hub import CheckpointError, convert_state_dict, export_state_dict, load_model, save_pretrained
+from lrm.checkpoint import CheckpointError, convert_state_dict, export_state_dict, save_pretrained
+from lrm.hub import load_model
 from lrm.model import LRM
 
 from conftest import FIXTURES, REFCHECK
@@ -67,10 +68,9 @@ def test_full_size_round_trip_through_release_format(path, tmp_path):
     assert all(not p.requires_grad for p in loaded.parameters())
     for i, p in enumerate(loaded.parameters()):
         assert p.flatten()[0].item() == pytest.approx(i * 1e-3)
-    assert loaded.infer_defaults.samples_per_ray == data["config"]["rendering_samples_per_ray"]
     if release == "1.1":
-        assert (loaded.infer_defaults.source_size, loaded.infer_defaults.render_size) == \
-            (data["infer_defaults"]["source_size"], data["infer_defaults"]["render_size"])
+        assert (loaded.infer_defaults.source_size, loaded.infer_defaults.video_size) == \
+            (data["infer_defaults"]["source_size"], data["infer_defaults"]["render_size"])  # OpenLRM's names
 
 
 def test_key_conversion_is_pure_and_invertible():
@@ -92,7 +92,7 @@ def test_v10_model_pth_loads_beside_its_invalid_config_json(tmp_path):
         json.loads(V10_CONFIG_JSON)
     model = load_model(tmp_path)
     assert model.release == "1.0" and model.config.encoder_type == "dino"
-    assert model.infer_defaults.source_size == 256 and model.infer_defaults.render_size == 32  # from kwargs['infer']
+    assert model.infer_defaults.source_size == 256 and model.infer_defaults.video_size == 32  # from kwargs['infer']
     assert not model.training
 
 
@@ -190,7 +190,7 @@ def test_availability_and_settings_without_loading(tmp_path, monkeypatch):
     for source in ("./no-such-dir", "/etc/nothing-here", "a b/c", "zxhezexin/openlrm-mix-base-1.1", "x/y/z"):
         assert not lrm.is_available(source)
     assert lrm.is_available(TINY_11) and lrm.is_available("lrm-demo-shapes")
-    assert lrm.model_defaults(TINY_10).render_size == lrm.load_model(TINY_10).infer_defaults.render_size
+    assert lrm.model_defaults(TINY_10).video_size == lrm.load_model(TINY_10).infer_defaults.video_size
     with pytest.raises(CheckpointError, match="neither a local path nor a Hugging Face repo id"):
         load_model("a b/c")
 

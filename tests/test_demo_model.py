@@ -24,7 +24,7 @@ def test_demo_model_is_the_release_format_and_small(model):
     config = json.loads((DEMO_MODEL_DIR / "config.json").read_text())
     assert {k: config[k] for k in PRESETS["demo"]["model"]} == PRESETS["demo"]["model"]  # the card's recipe
     d = model.infer_defaults
-    assert (d.source_size, d.render_size, d.mesh_size) == (128, 192, 256)
+    assert (d.source_size, d.video_size, d.mesh_resolution) == (128, 192, 256)
     assert d.foreground_ratio == FOREGROUND_RATIO  # inputs are recentred like its training views
 
 

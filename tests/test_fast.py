@@ -68,16 +68,27 @@ def test_fast_frames_match_reference_on_a_realistic_field():
     ref, fast = (f.render(cameras, 48) for f in fields)
     stochastic = [f.render(cameras[:1], 48, deterministic=False, generator=torch.Generator().manual_seed(3))["rgb"]
                   for f in fields]
-    # the reference field is LRM.render, the reference renderer
-    with torch.no_grad():
-        direct = model().render(planes, cameras[None], 48)
-    assert all(torch.equal(direct[k][0], ref[k]) for k in ref)
     assert ref["weight"].mean() > 0.05  # there is an object in view
     assert psnr(fast["rgb"], ref["rgb"]) >= 35
     assert (fast["weight"] - ref["weight"]).abs().mean() < 5e-3
     finite = torch.isfinite(ref["depth"]) & (ref["weight"] > 0.5)
     assert (fast["depth"][finite] - ref["depth"][finite]).abs().mean() < 0.01
     assert psnr(stochastic[1], stochastic[0]) >= 35
+
+
+def test_the_reference_field_renders_the_original_codes_frames():
+    """ReferenceField's pictures are the original OpenLRM code's (the fixture's RNG-free frames), at parity's
+    tolerance; and FastField's stay close to them."""
+    import json
+    folder = REFCHECK / "refcheck-tiny-1.1" / "out"
+    planes = torch.from_numpy(np.load(folder / "intermediates.npz")["planes"])
+    frames = dict(np.load(folder / "frames.npz"))
+    size = json.loads((folder / "meta.json").read_text())["render_size"]
+    out = ReferenceField(model(), planes).render(torch.from_numpy(frames["cameras"]), size)
+    for key in ("rgb", "depth", "weight"):
+        assert np.abs(out[key].numpy() - frames[f"{key}_det"]).max() <= 1e-3, key
+    fast = FastField(model(), planes, resolution=128).render(torch.from_numpy(frames["cameras"]), size)
+    assert psnr(fast["rgb"], torch.from_numpy(frames["rgb_det"])) >= 30
 
 
 def test_projection_inverts_the_rays():

@@ -314,7 +314,13 @@ def test_video_is_browser_playable_h264(tiny_model, tmp_path):
 def test_video_orbit_has_no_duplicate_frame():
     cams = video_cameras(8)
     assert cams.shape == (8, 25)
-    assert torch.allclose(cams[0], lrm.orbit_cameras(9)[0])
+    # the reference's orbit: radius 2 at height 0.8, starting in front (-y), counter-clockwise seen from above (+x
+    # next), every camera looking at the origin
+    ground = (2.0 ** 2 - 0.8 ** 2) ** 0.5
+    for i, position in ((0, (0, -ground, 0.8)), (2, (ground, 0, 0.8)), (4, (0, ground, 0.8)), (6, (-ground, 0, 0.8))):
+        assert torch.allclose(cams[i, [3, 7, 11]], torch.tensor(position), atol=1e-5), i
+        backward = cams[i, [2, 6, 10]]  # the camera's z axis (OpenGL: it looks along -z) points away from the origin
+        assert torch.allclose(backward, torch.tensor(position) / 2.0, atol=1e-5)
     positions = cams[:, [3, 7, 11]]
     gaps = (positions - positions.roll(-1, 0)).norm(dim=1)
     assert torch.allclose(gaps, gaps[0].expand_as(gaps), atol=1e-5)  # evenly spaced, last -> first included
@@ -350,25 +356,21 @@ def test_reconstruct_writes_everything_with_timings(tiny_model, tmp_path):
     assert nothing.files == {} and nothing.mesh is None
 
 
-def test_job_options_are_checked_and_filled_from_the_model(tiny_model):
-    d = tiny_model.infer_defaults
-    job = JobOptions().for_model(d)
+def test_job_options_are_filled_from_the_models_settings(tiny_model):
+    """Unset options take the model's settings: the reference's for a v1.1 checkpoint that stores none, what
+    lrm-demo-shapes' infer.json stores (source 128, frames 192, mesh 256, ratio 0.6), a v1.0 checkpoint's
+    kwargs['infer'] (frames 32)."""
+    job = JobOptions().for_model(tiny_model.infer_defaults)
     assert (job.foreground_ratio, job.source_distance, job.mesh_resolution, job.threshold, job.video_size) == \
-        (d.foreground_ratio, d.source_cam_dist, d.mesh_size, d.mesh_threshold, d.render_size)
-    own = JobOptions(foreground_ratio=0.7, mesh_resolution=0, threshold=5.0).for_model(d)
+        (0.85, 2.0, 384, 3.0, 192)
+    demo = JobOptions(threshold=5.0).for_model(lrm.model_defaults("lrm-demo-shapes"))
+    assert (demo.foreground_ratio, demo.source_distance, demo.mesh_resolution, demo.threshold, demo.video_size) == \
+        (0.6, 2.0, 256, 5.0, 192)
+    assert JobOptions().for_model(lrm.model_defaults(REFCHECK / "refcheck-tiny-1.0" / "model")).video_size == 32
+    own = JobOptions(foreground_ratio=0.7, mesh_resolution=0, threshold=5.0).for_model(tiny_model.infer_defaults)
     assert (own.foreground_ratio, own.mesh_resolution, own.threshold) == (0.7, 0, 5.0)
     assert JobOptions(formats=(".GLB", "ply", " ", "glb")).formats == ("glb", "ply")
-    for bad, message in [({"formats": ("stl",)}, "mesh format"), ({"mode": "quick"}, "mode"),
-                         ({"precision": "int8"}, "precision"), ({"video_size": 0}, "video size"),
-                         ({"video_size": 47}, "even"), ({"mesh_resolution": 1}, "mesh resolution"),
-                         ({"mesh_resolution": -5}, "mesh resolution"), ({"n_views": 0}, "views"),
-                         ({"fps": 0}, "fps"), ({"foreground_ratio": 1.5}, "foreground ratio"),
-                         ({"source_distance": 0.0}, "source distance"), ({"threshold": -1.0}, "threshold"),
-                         ({"faces": 50}, "faces must be 0"), ({"faces": -1}, "faces must be 0"),
-                         ({"texture_size": 1000}, "power of two"), ({"texture_size": 16384}, "up to 8192"),
-                         ({"texture_size": -512}, "power of two")]:
-        with pytest.raises(ValueError, match=message):
-            JobOptions(**bad)
+    assert JobOptions(formats="obj,GLB").formats == ("obj", "glb")
 
 
 def test_cli_processes_folder_and_reports_broken_input(tmp_path, capsys):
@@ -415,7 +417,7 @@ def test_cli_refuses_an_unavailable_model_it_was_asked_for(tmp_path):
         assert not any(tmp_path.iterdir())
     done = subprocess.run([sys.executable, "-m", "lrm", str(ROOT / "examples" / "torus.png"), "--out", str(tmp_path),
                            "--video-size", "0"], capture_output=True, text=True)
-    assert done.returncode == 2 and "video size must be even and at least 2" in done.stderr
+    assert done.returncode == 2 and "--video-size must be even and at least 2" in done.stderr
 
 
 def test_empty_mesh_is_a_clear_message_and_the_video_is_still_made(tmp_path):
@@ -439,3 +441,38 @@ def test_cli_falls_back_to_the_demo_model_offline(tmp_path):
     # recentred at the demo model's own ratio (its training views' framing), not the released models' 0.85
     from lrm.train.data import FOREGROUND_RATIO
     assert_centred(Image.open(tmp_path / "torus_input.png"), ratio=FOREGROUND_RATIO)
+
+
+def test_a_reference_mode_job_makes_the_original_codes_mesh(tiny_model, tmp_path):
+    """JobOptions(mode="reference") through the whole job, on the fixture's input as the reference reads it: its planes
+    and its PLY are the original OpenLRM code's (same header, size and faces)."""
+    import json
+    folder = REFCHECK / "refcheck-tiny-1.1" / "out"
+    meta = json.loads((folder / "meta.json").read_text())
+    job = JobOptions(mode="reference", mesh_resolution=meta["mesh_size"], threshold=meta["mesh_threshold"],
+                     source_distance=meta["source_cam_dist"], formats=("ply",), n_views=2, video_size=16)
+    result = reconstruct(tiny_model, REFCHECK / "inputs" / "disc_rgba.png", tmp_path, job, name="disc",
+                         preprocessed=True)
+    reference = np.load(folder / "intermediates.npz")["planes"]
+    assert np.abs(result.planes.numpy() - reference).max() <= 1e-4 * np.abs(reference).max()
+    ours, theirs = result.files["ply"].read_bytes(), (folder / "mesh.ply").read_bytes()
+    assert len(ours) == len(theirs)
+    assert trimesh.load(result.files["ply"], process=False).faces.tolist() == trimesh.load(
+        folder / "mesh.ply", process=False).faces.tolist()
+    assert imageio_ffmpeg.count_frames_and_secs(str(result.files["mp4"]))[0] == 2
+
+
+def test_cli_reference_mode(tmp_path):
+    """`--mode reference` reaches the job: its PLY is the reference field's mesh of the preprocessed input, made here
+    directly with the library (and not the fast field's)."""
+    done = subprocess.run([sys.executable, "-m", "lrm", str(ROOT / "examples" / "cone.png"), "--model", str(TINY),
+                           "--out", str(tmp_path), "--mode", "reference", "--mesh-resolution", "24", "--formats", "ply",
+                           "--no-video"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = lrm.load_model(TINY)
+    image = lrm.image_to_tensor(Image.open(tmp_path / "cone_input.png"), model.infer_defaults.source_size)
+    with torch.inference_mode():
+        planes = model.forward_planes(image, lrm.source_camera())
+    for field, same in ((ReferenceField(model, planes), True), (lrm.FastField(model, planes), False)):
+        export_mesh(extract_mesh(field, 24), tmp_path / "direct.ply")
+        assert ((tmp_path / "direct.ply").read_bytes() == (tmp_path / "cone.ply").read_bytes()) == same

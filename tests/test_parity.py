@@ -1,6 +1,6 @@
 """Numeric parity with the original OpenLRM code, on the four refcheck fixtures and both inputs.
 
-Tolerances are those of docs/openlrm-reference.md §3 (shared with the fixtures); they are never loosened.
+Tolerances are those the fixtures were made for (tests/fixtures/refcheck/README.md); they are never loosened.
 """
 
 import functools

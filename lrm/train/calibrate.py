@@ -20,7 +20,7 @@ import torch
 import lrm
 
 from .eval import novel_view_psnr, object_planes
-from ..hub import model_from_checkpoint, read_checkpoint, save_pretrained
+from ..checkpoint import model_from_checkpoint, read_checkpoint, save_pretrained
 from .data import DataSpec, make_shape
 from .trainer import OCCUPANCY_OFFSET
 

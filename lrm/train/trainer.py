@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import LRMConfig
-from ..hub import model_from_checkpoint, read_checkpoint, save_pretrained
+from ..checkpoint import model_from_checkpoint, read_checkpoint, save_pretrained
 from ..model import LRM
 from ..renderer import RayBundle, render_rays, view_ray_limits
 from .data import FOREGROUND_RATIO, DataSpec, ShapeDataset, build_image_cache
