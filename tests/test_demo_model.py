@@ -29,14 +29,15 @@ def test_demo_model_is_the_release_format_and_small(model):
 
 
 def test_demo_model_reconstructs_held_out_objects(model):
-    """A floor well below the model card's numbers, far above the average-blob baseline (IoU 0.27)."""
+    """Within ~10 % of the model card's numbers on all 62 held-out objects (IoU 0.615, Chamfer 2.70 voxels, PSNR
+    15.8 dB); these 9 score 0.597 / 2.83 / 15.2. The average-blob baseline scores IoU 0.27."""
     torch.manual_seed(0)
     result = evaluate(model, per_kind=1, unions=2)
     summary = result["summary"]["all"]
     assert summary["n"] == 9
-    assert summary["iou"] >= 0.40, summary
-    assert summary["psnr"] >= 12.5, summary
-    assert summary["chamfer_voxels"] <= 6.0, summary
+    assert summary["iou"] >= 0.55, summary
+    assert summary["psnr"] >= 14.2, summary
+    assert summary["chamfer_voxels"] <= 3.0, summary
 
 
 def test_demo_model_errors_add_up_to_its_iou(model):
