@@ -5,6 +5,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# The servers' heartbeat every second (Gradio's default is 15 s): a test client that closes goes within a second.
+os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "1")
 
 from pathlib import Path  # noqa: E402
 

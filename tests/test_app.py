@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,13 +36,14 @@ SETTINGS = (TINY_NAME, 2.0, 32, 3.0, True, 8, 8, 64)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    sessions = app.Sessions(tmp_path_factory.mktemp("sessions"))
+    sessions = app.Sessions(tmp_path_factory.mktemp("sessions"), grace=2.0)
     demo = app.build_demo([TINY], "cpu", defaults=LIGHT, cache_examples=False, sessions=sessions)
     demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True,
-                            max_file_size=f"{app.MAX_UPLOAD_MB}mb")
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True,
+                           max_file_size=f"{app.MAX_UPLOAD_MB}mb")
     yield url, sessions
     demo.close()
+    demo.handlers.runner.close()
 
 
 def video_codec(path):
@@ -50,14 +52,26 @@ def video_codec(path):
     return re.search(r"Video: (\w+).*?, (\w+)", err).groups()
 
 
-def close_session(url, session_hash):
-    """Open and drop the session's heartbeat stream, as a closing browser tab does: Gradio then runs `unload`."""
-    try:
-        with httpx.stream("GET", f"{url.rstrip('/')}/gradio_api/heartbeat/{session_hash}", timeout=2) as r:
-            for _ in r.iter_lines():
-                pass
-    except httpx.HTTPError:
-        pass
+CLIENT = """
+import sys, time
+from gradio_client import Client, handle_file
+client = Client(sys.argv[1], verbose=False)
+print(client.session_hash, flush=True)
+pre = client.predict(handle_file(sys.argv[2]), True, 0.6, api_name="/preprocess")
+try:
+    *files, summary = client.predict(handle_file(pre), "lrm-demo-shapes", 2.0, 32, 3.0, True, int(sys.argv[3]), 8,
+                                     int(sys.argv[4]), api_name="/generate")
+    print("RESULT", summary.splitlines()[0], flush=True)
+except Exception as err:
+    print("ERROR", type(err).__name__, err, flush=True)
+"""
+
+
+def client_process(url, views, size):
+    """A gradio_client in a process of its own (to be killed or stalled) running one job -> (process, its session)."""
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, url, str(ROOT / "examples" / "cone.png"), str(views),
+                             str(size)], stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
 
 
 def wait_until(condition, timeout=15.0):
@@ -89,7 +103,7 @@ def test_full_run_over_the_api(server, tmp_path):
     # the session's own folder holds the run; it goes away when the session ends
     folder = sessions.root / client.session_hash
     assert any(folder.rglob("cone.glb"))
-    close_session(url, client.session_hash)
+    client.close()  # its heartbeat ends: the session has gone
     assert wait_until(lambda: not folder.exists())
 
 
@@ -274,23 +288,44 @@ def test_concurrent_sessions_get_their_own_files(server):
     other = httpx.get(f"{url.rstrip('/')}/gradio_api/file={next(folders[0].rglob('three_parts.glb'))}")
     assert other.status_code in (403, 404)
     for c in clients:
-        close_session(url, c.session_hash)
+        c.close()
     assert wait_until(lambda: not any(f.exists() for f in folders))
 
 
-def test_a_job_stops_when_its_session_ends(server):
-    """A closed tab's job does not run on (the next user would wait behind it): it stops at its next frame, and its
-    folder goes once it has stopped."""
+def test_a_job_stops_when_its_client_has_gone_and_frees_its_slot(server):
+    """A killed client's job does not run on (the next user would wait behind it): with no connection from its
+    session for the grace period it stops at its next frame, its folder goes, and the next job starts."""
     url, sessions = server
+    proc, session = client_process(url, 200, 512)  # 200 frames of 512 px: minutes
+    try:
+        assert wait_until(lambda: any((sessions.root / session).rglob("cone.glb")), timeout=120)
+        proc.kill()
+    finally:
+        proc.wait()
+    stopped = len(sessions.cancelled)
+    start = time.time()
     client = Client(url, verbose=False)
-    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.6, api_name="/preprocess")
-    job = client.submit(handle_file(pre), "lrm-demo-shapes", 2.0, 32, 3.0, True, 200, 8, 512, api_name="/generate")
-    assert wait_until(lambda: any((sessions.root / client.session_hash).rglob("cone.glb")), timeout=60)
-    close_session(url, client.session_hash)
-    assert wait_until(lambda: sessions.cancelled, timeout=60)  # stopped, not finished (200 frames of 512 px)
-    assert wait_until(lambda: not (sessions.root / client.session_hash).exists())
-    assert not any(sessions.root.rglob("cone.mp4"))
-    job.cancel()
+    pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
+    glb, *_, summary = client.predict(handle_file(pre), *SETTINGS, api_name="/generate")
+    assert "Done" in summary and time.time() - start < 60  # not behind the killed client's 200 frames
+    assert stopped == 1 or wait_until(lambda: sessions.cancelled)
+    assert wait_until(lambda: not (sessions.root / session).exists())
+
+
+def test_a_client_that_only_stalls_keeps_its_job(server):
+    """A client that stops reading for longer than the grace period (here a stopped process), but keeps its
+    connections, gets its whole result when it reads again."""
+    url, sessions = server
+    proc, session = client_process(url, 24, 64)
+    try:
+        assert wait_until(lambda: any((sessions.root / session).rglob("cone_input.png")), timeout=120)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(3 * sessions.grace)
+        proc.send_signal(signal.SIGCONT)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert "RESULT" in output and "ERROR" not in output, output
 
 
 def test_sessions_expire_after_ttl(tmp_path):
@@ -341,8 +376,8 @@ def test_choosing_a_model_sets_all_its_controls(tmp_path):
     saved["kwargs"]["infer"] |= {"mesh_size": 96, "mesh_thres": 7.5, "source_cam_dist": 1.7}
     (tmp_path / "own").mkdir()
     torch.save(saved, tmp_path / "own" / "model.pth")
-    handlers = app.Handlers("cpu", lrm.JobOptions(), app.Sessions(tmp_path / "s"),
-                            lrm.Catalog([TINY, tmp_path / "own" / "model.pth"]))
+    catalog = lrm.Catalog([TINY, tmp_path / "own" / "model.pth"])
+    handlers = app.Handlers("cpu", lrm.JobOptions(), app.Sessions(tmp_path / "s"), catalog, runner=None)
     controls = lambda name: {k: slider.value for k, slider in zip(MODEL_SETTINGS, handlers.on_model_change(name))}
     assert controls("local: own/model.pth") == {"foreground_ratio": 0.85, "source_distance": 1.7,
                                                 "mesh_resolution": 96, "threshold": 7.5, "video_size": 32}
@@ -353,13 +388,15 @@ def test_choosing_a_model_sets_all_its_controls(tmp_path):
                                                           "mesh_resolution": 256, "threshold": 3.0, "video_size": 192}
 
 
-def test_missing_rembg_model_is_said_once_at_start(monkeypatch):
+def test_missing_rembg_model_is_said_once_it_is_known(monkeypatch):
+    """rembg's session is made in the background at start (its first import compiles for a minute); the page's
+    banner says it cannot be used once that is known."""
     module = sys.modules["lrm.preprocess"]  # (lrm.preprocess is also the function's name)
     monkeypatch.setattr(module, "_DEFAULT_REMOVER", lrm.BackgroundRemover(model_path="/nonexistent/u2net.onnx"))
-    config = app.build_demo([TINY], "cpu", cache_examples=False).get_config_file()
-    banner = next(c for c in config["components"] if c["props"].get("elem_id") == "banner")
-    assert "**Background removal:** rembg cannot be used" in banner["props"]["value"] and "GrabCut" in banner["props"][
-        "value"]
+    handlers = app.build_demo([TINY], "cpu", cache_examples=False).handlers
+    assert handlers.remover_ready.wait(60)
+    text = handlers.banner().value
+    assert "**Background removal:** rembg cannot be used" in text and "GrabCut" in text
 
 
 def test_spaces_gpu_decorator_is_optional():
@@ -429,3 +466,36 @@ def _answers(url):
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.fixture(scope="module")
+def in_process_server(tmp_path_factory):
+    """The app with its jobs in the server's own process (the ZeroGPU path): stages hold the server's GIL."""
+    from lrm.serving import InProcessRunner
+    sessions = app.Sessions(tmp_path_factory.mktemp("sessions"), grace=2.0)
+    demo = app.build_demo([TINY], "cpu", cache_examples=False, sessions=sessions, runner=InProcessRunner("cpu"))
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
+    yield url, sessions
+    demo.close()
+
+
+@pytest.mark.parametrize("runner", ["worker process", "in process"])
+def test_a_lost_heartbeat_no_longer_loses_the_result(runner, server, in_process_server, monkeypatch):
+    """How API clients lost results: gradio_client reads its heartbeat stream with a 20 s timeout and never
+    reconnects, so a server that wrote no heartbeat for 20 s (a stage holding the GIL) ended it; Gradio then ran
+    unload, the app ended the session and its job, and the client got a mid-job output as its result (and every later
+    call of it, "Working…"). Here the heartbeat dies in the middle of a job (the server writes one every 25 s): the
+    job goes on, as the client still reads its result stream, and the client gets the whole result, then another."""
+    url, sessions = server if runner == "worker process" else in_process_server
+    monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "25")
+    client = Client(url, verbose=False)
+    start, stopped = time.time(), len(sessions.cancelled)
+    pre = client.predict(handle_file(str(ROOT / "examples" / "torus.png")), True, 0.6, api_name="/preprocess")
+    *files, summary = client.predict(handle_file(pre), "lrm-demo-shapes", 2.0, 128, 3.0, True, 160, 25, 384,
+                                     api_name="/generate")
+    assert time.time() - start > 21 and not client.heartbeat.is_alive()  # the heartbeat died while the job ran
+    assert summary.startswith("**Done**") and all(Path(f).is_file() for f in files)
+    assert imageio_ffmpeg.count_frames_and_secs(files[3])[0] == 160
+    *files, summary = client.predict(handle_file(pre), *SETTINGS, api_name="/generate")
+    assert summary.startswith("**Done**") and len(sessions.cancelled) == stopped

@@ -51,13 +51,14 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    sessions = app.Sessions(tmp_path_factory.mktemp("sessions"))
+    sessions = app.Sessions(tmp_path_factory.mktemp("sessions"), grace=2.0)
     demo = app.build_demo([TINY], "cpu", defaults=lrm.JobOptions(mesh_resolution=64, n_views=VIEWS, fps=FPS),
                           cache_examples=False, sessions=sessions)
     demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
     yield url, sessions
     demo.close()
+    demo.handlers.runner.close()
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +141,12 @@ def demo_server(tmp_path_factory):
     saved = os.environ.get("GRADIO_EXAMPLES_CACHE")
     os.environ["GRADIO_EXAMPLES_CACHE"] = str(cache)
     demo = app.build_demo(None, "cpu", defaults=lrm.JobOptions(n_views=48, fps=FPS, mesh_resolution=128),
-                          sessions=app.Sessions(tmp_path_factory.mktemp("demo-sessions")))
+                          sessions=app.Sessions(tmp_path_factory.mktemp("demo-sessions"), grace=2.0))
     demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True)
     yield url
     demo.close()
+    demo.handlers.runner.close()
     if saved is None:
         os.environ.pop("GRADIO_EXAMPLES_CACHE")
     else:
