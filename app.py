@@ -76,11 +76,14 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         device: "cpu" or "cuda" (default: cuda when available).
         defaults: initial control values (unset ones follow the selected model).
         cache_examples: cache example outputs on first use (lazily).
-        runner: what runs the jobs (`lrm.serving`; default: one model worker process, started at the first job).
+        runner: what runs the jobs (`lrm.serving`), or a function making it from the model to warm up (default: one
+            model worker process, started at the first job).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     catalog = lrm.Catalog(models or [])
-    runner = runner or LocalRunner(device, warm=catalog.choose(catalog.default).source)
+    if runner is None or callable(runner):
+        warm = catalog.choose(catalog.default).source
+        runner = runner(warm) if runner else LocalRunner(device, warm=warm)
     h = Handlers(device, defaults or lrm.JobOptions(), sessions or Sessions(), catalog, runner)
     threading.Thread(target=h.prepare_remover, name="rembg", daemon=True).start()
     with gr.Blocks(title=TITLE, delete_cache=(900, SESSION_TTL_S)) as demo:
@@ -194,10 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, stop)
     runner = None
     try:
-        catalog = lrm.Catalog(args.model)
-        runner = make_runner(args, device, catalog.choose(catalog.default).source)
+        demo = build_demo(args.model, device, runner=lambda warm: make_runner(args, device, warm))
+        runner = demo.handlers.runner
         runner.start()  # the worker loads the model and prepares the renderer while the page is served
-        demo = build_demo(args.model, device, runner=runner)
+        signal.signal(signal.SIGTERM, stop)  # (again: ray.init sets its own)
         demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
         launch(demo, server_name=args.host, server_port=args.port, share=args.share, auth=auth, show_error=True,
                max_file_size=f"{args.max_upload_mb}mb")

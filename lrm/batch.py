@@ -407,14 +407,27 @@ def reachable(address: str, timeout: float = 5.0) -> bool:
         return False
 
 
+def join(address: str, **kwargs) -> None:
+    """`ray.init` joining the cluster at `address`, with a clear BatchError when it cannot: nothing answers there
+    (said within seconds; Ray's own connect retries for minutes), or the cluster wants a token."""
+    import ray
+    if address != "auto" and not reachable(address):
+        raise BatchError(f"no Ray cluster answers at {address}: start one with `ray start --head` (its address is "
+                         "printed), or leave the address out to run on this machine.")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR", **kwargs)
+    except ConnectionError as err:
+        token = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
+            " Ray 2.60's clusters use token authentication by default: set RAY_AUTH_MODE=token and give this machine "
+            "the cluster's token (the head's ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH).")
+        raise BatchError(f"could not join the Ray cluster at {address} ({err}).{token}") from None
+
+
 def start_ray(args: argparse.Namespace) -> None:
     import ray
     from ray.data import DataContext
     if args.address:
-        if args.address != "auto" and not reachable(args.address):
-            raise BatchError(f"no Ray cluster answers at {args.address}: start one with `ray start --head` (its "
-                             "address is printed), or leave --address out to run on this machine.")
-        ray.init(address=args.address, log_to_driver=False, logging_level="ERROR")
+        join(args.address)
     else:
         # one logical CPU more than the actors take: the read / preprocess tasks always get one (a pool that holds
         # every CPU starves them; seen with 2 actors on ray.init(num_cpus=2))

@@ -10,6 +10,7 @@ holds the cancelled jobs' ids for the replicas to look up, and a dead replica's 
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -66,23 +67,16 @@ def _connect(address: str | None, cpus: int, root: str) -> bool:
     """Join the cluster at `address`, or start a local one of `cpus` CPUs -> whether this process started it."""
     import ray
 
-    from .batch import reachable
+    from .batch import join
+    # this process ends on SIGTERM through its own handler (removing the deployment), not by Ray's crash handler
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    if address is not None:
+        join(address)
+        return False
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
-    if address is None:
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", runtime_env=env)
-        return True
-    if address != "auto" and not reachable(address):
-        raise ServeError(f"no Ray cluster answers at {address}: start one with `ray start --head` (it prints its "
-                         "address), or leave the address out to run on this machine.")
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    except ConnectionError as err:
-        token = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
-            " Ray 2.60's clusters use token authentication by default: set RAY_AUTH_MODE=token and give this machine "
-            "the cluster's token (the head's ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH).")
-        raise ServeError(f"could not join the Ray cluster at {address} ({err}).{token}") from None
-    return False
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env=env)
+    return True
 
 
 class ServeRunner:
@@ -118,6 +112,7 @@ class ServeRunner:
     def _deploy(self) -> None:
         import ray
         from ray import serve
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its notes of every step; this app logs its own
         try:
             serve.start(proxy_location="Disabled")  # no HTTP proxy: the Gradio process is the only caller
             self.cancellations = ray.remote(num_cpus=0)(Cancellations).remote()
@@ -160,14 +155,16 @@ class ServeRunner:
                 events.put(Event("failed", message=f"{type(err).__name__}: {err}", reason="error"))
 
         threading.Thread(target=read, name=f"serve-{request.id[:8]}", daemon=True).start()
-        why, finished = "", False
+        why, finished, asked = "", False, time.monotonic()
         try:
             while not finished:
+                if not why and time.monotonic() - asked > 0.25:  # whatever the events: is its client still there?
+                    asked = time.monotonic()
+                    if why := stop() or "":
+                        self.cancellations.add.remote(request.id)
                 try:
                     event = events.get(timeout=0.25)
                 except queue.Empty:
-                    if not why and (why := stop() or ""):
-                        self.cancellations.add.remote(request.id)
                     continue
                 if event.reason == "cancelled" and why:
                     event.message = why

@@ -298,15 +298,17 @@ class LocalJob:
             self.runner._free.put(w)
 
     def _events(self) -> Iterator[Event]:
-        w = self.worker
+        w, asked = self.worker, time.monotonic()
         while True:
-            if not w.conn.poll(0.25):
-                if w.proc.poll() is not None:
-                    raise EOFError
+            if time.monotonic() - asked > 0.25:  # whatever the events: is its client still there?
+                asked = time.monotonic()
                 if self.cancelled_at is None and (why := self.stop()):
                     self.cancel(why)
                 if self.cancelled_at is not None and time.monotonic() - self.cancelled_at > CANCEL_GRACE_S:
                     raise EOFError  # it did not stop: stop it with its worker
+            if not w.conn.poll(0.25):
+                if w.proc.poll() is not None:
+                    raise EOFError
                 continue
             job_id, event = w.conn.recv()
             if job_id == "ready":
