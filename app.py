@@ -24,7 +24,7 @@ import torch
 from starlette.middleware import Middleware
 
 import lrm
-from handlers import CONTROLS, FILES, Handlers, image_upload, shown_if_set, shown_with_viewer
+from handlers import APP_LIMITS, CONTROLS, FILES, Handlers, image_upload, shown_if_set, shown_with_viewer
 from lrm.options import MODEL_SETTINGS
 from lrm.serving import InProcessRunner, LocalRunner
 from lrm.sessions import SESSION_ROOT, SESSION_TTL_S, PresenceMiddleware, Sessions, sweep_dead_runs
@@ -52,16 +52,19 @@ def settings_panel(d: lrm.JobOptions, catalog: lrm.Catalog) -> dict:
                  "foreground_ratio": gr.Slider(0.5, 1.0, d.foreground_ratio, step=0.05, label="Foreground ratio"),
                  "source_distance": gr.Slider(1.0, 3.5, d.source_distance, step=0.1, label="Source camera distance")}
         with gr.Row():
-            c["mesh_resolution"] = gr.Slider(32, 512, d.mesh_resolution, step=32, label="Mesh resolution")
+            limit = APP_LIMITS
+            c["mesh_resolution"] = gr.Slider(32, limit["mesh_resolution"], d.mesh_resolution, step=32,
+                                             label="Mesh resolution")
             c["threshold"] = gr.Slider(0.5, 20.0, d.threshold, step=0.5, label="Density threshold")
             c["video"] = gr.Checkbox(d.video, label="Render video")
-            c["n_views"] = gr.Slider(8, 200, d.n_views, step=1, label="Video views")
-            c["fps"] = gr.Slider(5, 60, d.fps, step=1, label="FPS")
-            c["video_size"] = gr.Slider(64, 512, d.video_size, step=16, label="Frame size")
+            c["n_views"] = gr.Slider(8, limit["n_views"], d.n_views, step=1, label="Video views")
+            c["fps"] = gr.Slider(5, limit["fps"], d.fps, step=1, label="FPS")
+            c["video_size"] = gr.Slider(64, limit["video_size"], d.video_size, step=16, label="Frame size")
         with gr.Row():
-            c["faces"] = gr.Slider(0, 200_000, d.faces, step=1000, label="Triangles of the GLB / OBJ (0: all)")
-            c["texture_size"] = gr.Dropdown([("vertex colours", 0), ("512²", 512), ("1024²", 1024), ("2048²", 2048),
-                                             ("4096²", 4096)], value=d.texture_size, label="Texture")
+            c["faces"] = gr.Slider(0, limit["faces"], d.faces, step=1000, label="Triangles of the GLB / OBJ (0: all)")
+            c["texture_size"] = gr.Dropdown([("vertex colours", 0)] + [(f"{n}²", n) for n in (512, 1024, 2048, 4096)
+                                                                        if n <= limit["texture_size"]],
+                                            value=d.texture_size, label="Texture")
             c["keep_floaters"] = gr.Checkbox(d.keep_floaters, label="Keep small pieces (floaters)")
     return c
 

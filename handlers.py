@@ -26,6 +26,10 @@ FILES = ("glb", "obj", "ply", "mp4")  # the download buttons
 CONTROLS = {"source_distance": "source_distance", "mesh_resolution": "mesh_resolution", "threshold": "threshold",
             "video": "video", "views": "n_views", "fps": "fps", "frame_size": "video_size", "faces": "faces",
             "texture_size": "texture_size", "keep_floaters": "keep_floaters"}
+CONTROL_OF = {field: control for control, field in CONTROLS.items()}
+# This public page's bounds, tighter than the library's (`lrm.options.LIMITS`): the ends of its sliders and menus
+APP_LIMITS = {"mesh_resolution": 512, "n_views": 200, "fps": 60, "video_size": 512, "faces": 200_000,
+              "texture_size": 4096}
 STAGE_TEXT = {"preprocess": "Reading the picture", "planes": "Encoding the image", "mesh": "Extracting the mesh",
               "asset": "Decimating, unwrapping, baking the texture"}
 TITLES = {"user": "Cannot do that", "memory": "Out of memory", "crashed": "The model worker stopped",
@@ -66,12 +70,21 @@ def output_name(image: str) -> str:
 
 
 def job_options(controls: dict, **options) -> lrm.JobOptions:
-    """The job that /generate's controls describe (`CONTROLS`); a whole, odd frame size is rounded down to even."""
+    """The job that /generate's controls describe (`CONTROLS`), within this page's limits (`APP_LIMITS`); a whole,
+    odd frame size is rounded down to even. ValueError names the control."""
     values = {CONTROLS[k]: v for k, v in controls.items()} | options
     size = values.get("video_size")
     if isinstance(size, numbers.Real) and not isinstance(size, bool) and float(size).is_integer():
         values["video_size"] = int(size) // 2 * 2
-    return lrm.JobOptions(**values)
+    try:
+        job = lrm.JobOptions(**values)
+    except ValueError as err:  # "n_views must be ..." -> "views must be ..."
+        name = str(err).split(" ", 1)[0]
+        raise ValueError(CONTROL_OF.get(name, name) + str(err)[len(name):]) from None
+    for field, limit in APP_LIMITS.items():
+        if getattr(job, field) is not None and getattr(job, field) > limit:
+            raise ValueError(f"{CONTROL_OF[field]} must be at most {limit:,} on this app, got {getattr(job, field):,}")
+    return job
 
 
 def controls_of(job: lrm.JobOptions) -> dict:
@@ -108,7 +121,7 @@ class Handlers:
         print("background removal: preparing rembg (its first start after an install compiles its code: about a "
               "minute) ...", file=sys.stderr, flush=True)
         why = lrm.default_remover().check()
-        print(f"background removal: {'GrabCut, as rembg cannot be used: ' + why if why else 'rembg ready'}",
+        print(f"background removal: ready ({'GrabCut, as rembg cannot be used: ' + why if why else 'rembg'})",
               file=sys.stderr, flush=True)
         self.remover_ready.set()
 
@@ -172,14 +185,15 @@ class Handlers:
             model: a model of the menu: a Hugging Face id, lrm-demo-shapes, or "local: <folder>" for a
                 checkpoint given to the app.
             source_distance: the input camera's distance from the object.
-            mesh_resolution: the marching-cubes grid.
+            mesh_resolution: the marching-cubes grid (at most 512 here).
             threshold: the density level of the surface.
             video: also render the orbit video.
-            views: the video's frames.
-            fps: the video's frame rate.
-            frame_size: the video's frame size in pixels (rounded down to an even number).
-            faces: the GLB / OBJ asset's triangles after decimation (0: every marching-cubes triangle).
-            texture_size: the side of its baked texture (0: vertex colours).
+            views: the video's frames (at most 200 here).
+            fps: the video's frame rate (at most 60 here).
+            frame_size: the video's frame size in pixels (rounded down to an even number; at most 512 here).
+            faces: the GLB / OBJ asset's triangles after decimation (0: every marching-cubes triangle; at most
+                200,000 here).
+            texture_size: the side of its baked texture (0: vertex colours; a power of two, at most 4096 here).
             keep_floaters: keep small disconnected pieces.
         Returns:
             the GLB (light, textured), OBJ (with a texture: a zip of the OBJ, its MTL and PNG) and PLY (OpenLRM's dense

@@ -63,12 +63,13 @@ def render_cameras(cam2world: Tensor) -> Tensor:
 
 
 def orbit_cameras(n_views: int, radius: float = ORBIT_RADIUS, height: float = ORBIT_HEIGHT, *,
-                  endpoint: bool = True) -> Tensor:
+                  endpoint: bool = True, views: slice = slice(None)) -> Tensor:
     """Cameras on a circle at `height` above the origin, `radius` away from it, looking at it -> [M, 25].
 
     The first view is in front (azimuth of the source camera, -y), then counter-clockwise seen from above.
     endpoint=True is OpenLRM v1.1's orbit: `linspace(-pi/2, 3pi/2, n_views)` **includes both end points, so the last
     view repeats the first**. endpoint=False is v1.0's: theta_i = 2 pi i / n - pi/2 (n distinct views).
+    `views` makes only those of the n_views (the same cameras as the whole orbit's rows), e.g. a video's next chunk.
     """
     if n_views < 1:
         raise ValueError(f"n_views must be at least 1, got {n_views}")
@@ -76,15 +77,15 @@ def orbit_cameras(n_views: int, radius: float = ORBIT_RADIUS, height: float = OR
         raise ValueError(f"height must be in [0, radius), got height={height}, radius={radius}")
     ground = math.sqrt(radius ** 2 - height ** 2)
     if endpoint:
-        # v1.1 `surrounding_views_linspace`: float32 angles and trigonometry.
-        theta = torch.linspace(-math.pi / 2, 3 * math.pi / 2, n_views)
+        # v1.1 `surrounding_views_linspace`: float32 angles and trigonometry (the angles of every view: 4 bytes each)
+        theta = torch.linspace(-math.pi / 2, 3 * math.pi / 2, n_views)[views]
         x, y = torch.cos(theta) * ground, torch.sin(theta) * ground
-        positions = torch.stack([x, y, torch.full((n_views,), height)], dim=1)
+        positions = torch.stack([x, y, torch.full((len(theta),), height)], dim=1)
     else:
         # v1.0 `_get_surrounding_views`: angles and positions in double precision, then float32.
-        theta = [2 * math.pi * i / n_views - math.pi / 2 for i in range(n_views)]
+        theta = [2 * math.pi * i / n_views - math.pi / 2 for i in range(n_views)[views]]
         positions = torch.tensor([[ground * math.cos(t), ground * math.sin(t), height] for t in theta],
-                                 dtype=torch.float32)
+                                 dtype=torch.float32).reshape(-1, 3)
     return render_cameras(look_at_origin(positions))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,68 @@ def _stage(result: Reconstruction, stage: str, report: Progress):
     report(stage, 1.0)
 
 
+# A job's peak memory, measured on the embedded model (bench figures in docs/performance.md): the process and its
+# libraries, then the largest stage: the mesh's G³ grid (the fast path keeps the upsampled density, its activation and
+# the level's mask: 12 bytes a vertex; the reference path 8, beside the decoder's point chunks), the dense mesh's
+# faces (~5 G² on a real object), the texture's texels while they are baked, a frame's pixels while it renders.
+BASE_BYTES = 500 * 2 ** 20
+GRID_BYTES = {"fast": 12, "reference": 8}
+FACE_BYTES, FACES_PER_G2 = 150, 5
+TEXEL_BYTES = 170
+PIXEL_BYTES = 490
+DECODER_BYTES = 36  # per point and plane channel of a decoder chunk (POINT_CHUNK points, RENDER_CHUNK samples)
+
+
+class TooLargeError(ValueError):
+    """A job that cannot fit the memory this machine (or its GPU) has."""
+
+
+def memory_needed(job: JobOptions, model: LRM) -> dict[str, int]:
+    """The estimated peak bytes of a job (its options filled in) per stage, besides the process and the weights."""
+    from .model import POINT_CHUNK, RENDER_CHUNK
+    c, g = model.config.triplane_dim, job.mesh_resolution or 0
+    decoder = DECODER_BYTES * c * (POINT_CHUNK if job.mode == "reference" else 2 ** 18)
+    need = {"mesh": GRID_BYTES[job.mode] * g ** 3 + FACE_BYTES * FACES_PER_G2 * g ** 2 + decoder if g else 0}
+    if g and {"glb", "obj"} & set(job.formats) and job.texture_size:
+        need["texture"] = need["mesh"] // 4 + TEXEL_BYTES * job.texture_size ** 2
+    if job.video:
+        need["video"] = PIXEL_BYTES * job.video_size ** 2 + (DECODER_BYTES * c * RENDER_CHUNK if job.mode ==
+                                                              "reference" else 0)
+    return need
+
+
+def memory_available(device) -> int:
+    """The memory a job may use: the GPU's for a CUDA model, else the machine's (its cgroup's limit, if lower)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # a memory cgroup (v2, or v1 as containers and tools/capped.sh set it)
+        line = next(line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.split(":")[1] in
+                    ("", "memory"))
+        folder = line.split(":", 2)[2].lstrip("/")
+        for name in ("memory.max", f"memory/{folder}/memory.limit_in_bytes", f"{folder}/memory.max"):
+            limit = Path("/sys/fs/cgroup", name).read_text().strip() if Path("/sys/fs/cgroup", name).is_file() else ""
+            if limit.isdigit():
+                total = min(total, int(limit))
+    except (OSError, StopIteration, IndexError):
+        pass
+    return total
+
+
+def check_memory(job: JobOptions, model: LRM) -> None:
+    """Refuse a job whose estimated peak memory exceeds what this machine (or GPU) has, saying what to lower."""
+    need = memory_needed(job, model)
+    stage = max(need, key=need.get) if need else None
+    total = sum(p.numel() * p.element_size() for p in model.parameters()) + (
+        BASE_BYTES if model.device.type == "cpu" else 0) + (need[stage] if stage else 0)
+    have = memory_available(model.device)
+    if total > have:
+        lower = {"mesh": "mesh_resolution", "texture": "texture_size", "video": "video_size"}[stage]
+        raise TooLargeError(f"this job needs about {total / 2 ** 30:.1f} GB of memory, most of it for the {stage} "
+                            f"({need[stage] / 2 ** 30:.1f} GB), and this machine has {have / 2 ** 30:.1f} GB; "
+                            f"lower {lower}")
+
+
 class FieldError(ValueError):
     """The model's field is not finite for this input: nothing sensible can be made from it."""
 
@@ -135,6 +198,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
     """`reconstruct`, yielding (stage, partial result) after each finished stage, so callers can show the mesh
     before the video is done."""
     job = (options or JobOptions()).for_model(model.infer_defaults)
+    check_memory(job, model)
     names = output_names(name, job)
     report = progress or (lambda stage, fraction: None)
     out = Path(out_dir) if out_dir is not None else None

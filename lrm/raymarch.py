@@ -195,3 +195,12 @@ def march(origins: np.ndarray, dirs: np.ndarray, near: np.ndarray, far: np.ndarr
            np.ascontiguousarray(density).reshape(-1), np.ascontiguousarray(color).reshape(3, -1), g, n_coarse, n_fine,
            background, color_weight, *out)
     return out
+
+
+def warm_up() -> None:
+    """Compile the deterministic loop now, or load it from numba's disk cache (one ray through a 2³ volume): the
+    first video of a process then does not wait for it (~10 s after an install, a fraction of a second later)."""
+    if available():
+        ray = np.array([[0.0, -2.0, 0.0]]), np.array([[0.0, 1.0, 0.0]])
+        march(*ray, np.array([1.0]), np.array([3.0]), np.zeros((1, 2), bool), None, None,
+              np.zeros((2, 2, 2), np.float32), np.zeros((3, 2, 2, 2), np.float32), 4, 4, 1.0, 1e-5)

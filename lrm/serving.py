@@ -92,20 +92,14 @@ class ModelWorker:
         self.cache = ModelCache(device)
 
     def warm_up(self, model: str, log: Callable[[str], None] = print) -> None:
-        """Load `model` and run the fast renderer once, so that the first job does not wait for either (the compiled
-        renderer is built on the first run after an install, ~10 s, then loaded from its cache)."""
-        import torch
-
-        from .camera import orbit_cameras
-        from .fast import FastField
+        """Load `model` and the compiled renderer, so that the first job waits for neither (the renderer is compiled
+        on the first run after an install, ~10 s, then loaded from numba's cache)."""
+        from . import raymarch
         start = time.perf_counter()
         log(f"model worker: loading {model} ...")
-        loaded = self.cache.get(model)
+        self.cache.get(model)
         log("model worker: preparing the renderer (compiled on the first run after an install: ~10 s) ...")
-        c = loaded.config.triplane_dim
-        planes = torch.zeros(1, 3, c, 2 * loaded.config.triplane_low_res, 2 * loaded.config.triplane_low_res,
-                             device=loaded.device, dtype=loaded.dtype)
-        FastField(loaded, planes).render(orbit_cameras(1), 8)
+        raymarch.warm_up()
         log(f"model worker: ready in {time.perf_counter() - start:.1f} s")
 
     def run(self, request: JobRequest, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Event]:

@@ -12,13 +12,15 @@ from .field import Field, Progress
 from .options import FPS, N_VIEWS, check
 
 
-def video_cameras(n_views: int, radius: float = ORBIT_RADIUS, height: float = ORBIT_HEIGHT) -> Tensor:
-    """The reference's v1.1 orbit cameras for n_views distinct frames -> [n_views, 25].
+def video_cameras(n_views: int, radius: float = ORBIT_RADIUS, height: float = ORBIT_HEIGHT, *, start: int = 0,
+                  stop: int | None = None) -> Tensor:
+    """The reference's v1.1 orbit cameras for n_views distinct frames -> [n_views, 25] (frames start..stop only).
 
     OpenLRM's `linspace` orbit repeats its first view at the end, which shows as a stutter when the video loops;
     here the orbit is built for n_views + 1 and the duplicate is dropped, so every frame is distinct.
     """
-    return orbit_cameras(n_views + 1, radius, height)[:-1]
+    return orbit_cameras(n_views + 1, radius, height, views=slice(start, n_views if stop is None else min(stop,
+                                                                                                         n_views)))
 
 
 def to_uint8(rgb: Tensor) -> np.ndarray:
@@ -45,12 +47,12 @@ def render_video(field: Field, path: str | Path, n_views: int = N_VIEWS, fps: in
     n_views, fps = check("n_views", n_views), check("fps", fps)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cameras = video_cameras(n_views)
     writer = video_writer(path, fps)
     try:
-        for start in range(0, n_views, batch_views):
+        for start in range(0, n_views, batch_views):  # cameras made, frames rendered and encoded per chunk
             report = None if progress is None else (lambda done, _, s=start: progress(s + done, n_views))
-            rgb = field.render(cameras[start:start + batch_views], size, progress=report)["rgb"]
+            cameras = video_cameras(n_views, start=start, stop=start + batch_views)
+            rgb = field.render(cameras, size, progress=report)["rgb"]
             for frame in to_uint8(rgb):
                 writer.append_data(frame)
     finally:
