@@ -93,11 +93,11 @@ def list_inputs(source: Place, exclude: Place | None = None) -> list[tuple[Input
         raise BatchError(f"{source.uri}: no such folder or file. INPUT is a folder of images, a text file listing "
                          "them, or one image.")
     if info.type == pafs.FileType.Directory:
-        files = [f for f in source.fs.get_file_info(pafs.FileSelector(source.path, recursive=True))
-                 if f.type == pafs.FileType.File and is_image(f.path)
-                 and not (exclude and exclude.contains(Place(source.fs, f.path)))]
+        files = sorted((f for f in source.fs.get_file_info(pafs.FileSelector(source.path, recursive=True))
+                        if f.type == pafs.FileType.File and is_image(f.path)
+                        and not (exclude and exclude.contains(Place(source.fs, f.path)))), key=lambda f: f.path)
         found = [(source.scheme + f.path, str(PurePosixPath(f.path).relative_to(source.path).with_suffix("")))
-                 for f in sorted(files, key=lambda f: f.path)]
+                 for f in files]
     elif is_image(source.path):
         files, found = [info], [(source.uri, PurePosixPath(source.path).stem)]
     else:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trimesh
+from PIL import Image
 from pyarrow.fs import FileSelector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,8 +20,8 @@ LIGHT = ["--model", "lrm-demo-shapes", "--mesh-resolution", "64", "--views", "4"
          "--faces", "3000", "--texture-size", "256"]
 
 
-def batch(*args, timeout=300):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+def batch(*args, timeout=300, env=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "lrm.batch", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=timeout)
 
@@ -201,3 +202,104 @@ def test_outputs_manifest_and_lock_on_an_object_store(bucket):
     again.flush()
     assert [json.loads(line)["input"] for line in again.lines[:2]] == [r["input"] for r in rows[:2]]
     assert Manifest(bucket).records[-1] == {"input": "x", "status": "ok"}
+
+
+DIE = b"LRM-TEST-DIE"
+# Loaded by every Python process of the run (PYTHONPATH): an image file holding DIE kills the process reading it, as
+# an out-of-memory kill would.
+SITECUSTOMIZE = f"""
+import io, os
+import PIL.Image
+_open = PIL.Image.open
+def open_or_die(fp, *args, **kwargs):
+    if isinstance(fp, io.BytesIO) and {DIE!r} in fp.getvalue():
+        os._exit(1)
+    return _open(fp, *args, **kwargs)
+PIL.Image.open = open_or_die
+"""
+
+
+def test_names_output_inside_input_resume_and_an_input_that_kills_its_worker(tmp_path):
+    """Same-name inputs keep both results; OUTPUT inside INPUT is never read as input; an input whose worker dies is
+    tried RETRIES + 1 times, then recorded as failed while the batch ends; a re-run redoes exactly what changed (the
+    input, the options) or everything with --redo; a broken last manifest line is read past."""
+    from lrm.batch import RETRIES
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(ROOT / "examples" / "cone.png", src / "cone.png")
+    Image.open(ROOT / "examples" / "torus.png").convert("RGB").save(src / "cone.jpg")
+    shutil.copy(ROOT / "examples" / "cylinder.png", src / "sub" / "cylinder.png")
+    (src / "dies.png").write_bytes(b"\x89PNG " + DIE)
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    out = src / "out"
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "hooks"), str(ROOT)])}
+    done = batch(src, "--out", out, *LIGHT, "--no-video", env=env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    rows = {r["name"]: r for r in manifest(out)}
+    assert set(rows) == {"cone", "cone-2", "sub/cylinder", "dies"}
+    assert rows["cone-2"]["outputs"]["glb"] == "cone-2.glb" and rows["cone-2"]["note"].startswith("named cone-2")
+    assert rows["cone-2"]["input"].endswith("cone.png") and rows["cone"]["input"].endswith("cone.jpg")  # by path
+    assert (out / "cone.glb").read_bytes() != (out / "cone-2.glb").read_bytes()
+    assert rows["dies"]["status"] == "failed" and f"died {RETRIES + 1} times" in rows["dies"]["error"]
+    assert all(rows[n]["status"] == "ok" for n in ("cone", "cone-2", "sub/cylinder"))
+    # re-run: OUTPUT's files are no input; only the dying one is tried again; a changed input is made again
+    (src / "dies.png").unlink()
+    Image.open(ROOT / "examples" / "rounded_box.png").save(src / "cone.png")
+    with open(out / "manifest.jsonl", "a") as f:
+        f.write('{"input": "half a line')  # a run killed while writing
+    again = batch(src, "--out", out, *LIGHT, "--no-video")
+    assert again.returncode == 0 and "1 done, 0 failed, 2 skipped" in again.stdout, again.stdout + again.stderr
+    assert "not JSON records" in again.stderr
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert lines[4] == '{"input": "half a line' and all(json.loads(line) for line in lines[5:])
+    redone = {r["name"]: r["status"] for r in (json.loads(line) for line in lines[5:])}
+    assert redone == {"cone": "skipped", "cone-2": "ok", "sub/cylinder": "skipped"}  # cone.png is cone-2
+    # other options: everything again; --redo: everything again
+    other = batch(src, "--out", out, *LIGHT, "--no-video", "--mesh-resolution", "48")
+    assert other.returncode == 0 and "3 done, 0 failed, 0 skipped" in other.stdout
+    redo = batch(src, "--out", out, *LIGHT, "--no-video", "--mesh-resolution", "48", "--redo")
+    assert redo.returncode == 0 and "3 done, 0 failed, 0 skipped" in redo.stdout
+
+
+def test_one_image_a_lock_and_ctrl_c(tmp_path):
+    """INPUT may be one image; a second run on the same OUTPUT is refused while the first runs; Ctrl-C ends a run
+    with one line and a readable manifest."""
+    image = tmp_path / "cone.png"
+    shutil.copy(ROOT / "examples" / "cone.png", image)
+    out = tmp_path / "out"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    first = subprocess.Popen([sys.executable, "-m", "lrm.batch", str(image), "--out", str(out), *LIGHT, "--views",
+                              "60", "--video-size", "256"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.time() + 120
+        while time.time() < end and not (out / ".lrm-batch.lock").exists():
+            time.sleep(0.2)
+        second = batch(image, "--out", out, *LIGHT, timeout=60)
+        assert second.returncode == 2 and "another batch is writing to" in second.stderr
+        while time.time() < end and not processes("Reconstructor"):
+            time.sleep(0.2)
+        time.sleep(3)
+        first.send_signal(signal.SIGINT)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert all(json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()) if (
+        out / "manifest.jsonl").exists() else True
+    assert not (out / ".lrm-batch.lock").exists()
+    done = batch(image, "--out", out, *LIGHT, "--no-video")
+    assert done.returncode == 0 and [r["name"] for r in manifest(out)][-1] == "cone"
+
+
+def test_errors_around_the_run_are_one_line_with_status_2(tmp_path, images):
+    (tmp_path / "o" / "manifest.jsonl").mkdir(parents=True)
+    for args, message in [((images, "--out", tmp_path / "o2", "--model", tmp_path / "nothing"), "cannot load model"),
+                          ((images, "--out", tmp_path / "o2", "--threads-per-worker", "-1"),
+                           "--threads-per-worker must be at least 1"),
+                          ((images, "--out", tmp_path / "o2", "--mesh-resolution", "100000"),
+                           "--mesh-resolution must be at most"),
+                          ((images, "--out", tmp_path / "o"), "is a folder; the manifest must be a file")]:
+        done = batch(*args, timeout=60)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

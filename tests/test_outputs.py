@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import imageio.v2 as imageio
 import imageio_ffmpeg
@@ -476,3 +477,85 @@ def test_cli_reference_mode(tmp_path):
     for field, same in ((ReferenceField(model, planes), True), (lrm.FastField(model, planes), False)):
         export_mesh(extract_mesh(field, 24), tmp_path / "direct.ply")
         assert ((tmp_path / "direct.ply").read_bytes() == (tmp_path / "cone.ply").read_bytes()) == same
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The CLI as a hostile user tries it
+
+
+def test_cli_refuses_sizes_it_cannot_do_before_anything_runs(tmp_path):
+    for flags, message in ((["--mesh-resolution", "10000"], "--mesh-resolution must be at most 1,024"),
+                           (["--video-size", "100000"], "--video-size must be at most 2,048"),
+                           (["--views", "1000000000"], "--views must be at most 3,600"),
+                           (["--source-distance", "inf"], "--source-distance must be a finite number"),
+                           (["--threshold", "nan"], "--threshold must be a finite number"),
+                           (["--texture-size", "1000"], "--texture-size must be a power of two"),
+                           (["--formats", "glb,stl"], "--formats: unknown mesh format(s) 'stl'")):
+        done = subprocess.run([sys.executable, "-m", "lrm", str(ROOT / "examples" / "cone.png"), "--model", str(TINY),
+                               "--out", str(tmp_path), *flags], capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert not any(tmp_path.iterdir())
+
+
+def test_cli_one_input_fails_alone_whatever_the_error(tmp_path, capsys, monkeypatch):
+    """An unexpected error in one input's job (here made on purpose), and a job too large for this machine's memory,
+    are that input's line; the others run; the exit status says one failed; no traceback without --debug."""
+    import lrm.__main__ as cli
+    real = cli.reconstruct
+
+    def flaky(model, source, *args, **kwargs):
+        if Path(source).stem == "cone":
+            raise RuntimeError("a bug of ours")
+        return real(model, source, *args, **kwargs)
+    monkeypatch.setattr(cli, "reconstruct", flaky)
+    inputs = [str(ROOT / "examples" / f"{n}.png") for n in ("cone", "torus")]
+    code = cli.main([*inputs, "--model", str(TINY), "--out", str(tmp_path), "--mesh-resolution", "24", "--no-video"])
+    out = capsys.readouterr()
+    assert code == 1 and "FAILED" in out.out and "unexpected RuntimeError: a bug of ours" in out.out
+    assert "Traceback" not in out.out + out.err and (tmp_path / "torus.glb").is_file()
+    assert "1/2 done" in out.out
+    monkeypatch.setattr(lrm.pipeline, "memory_available", lambda device: 2 ** 30)  # a 1 GB machine
+    code = cli.main([inputs[1], "--model", str(TINY), "--out", str(tmp_path / "big"), "--mesh-resolution", "1024"])
+    out = capsys.readouterr().out
+    assert code == 1 and "needs about" in out and "this machine has 1.0 GB; lower mesh_resolution" in out
+    assert not (tmp_path / "big" / "torus.ply").exists()
+
+
+def test_a_field_that_is_not_finite_is_said_so(tmp_path):
+    """NaN weights give NaN planes: the job says so (no threshold advice, no blank video written as a success)."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    broken = tmp_path / "broken"
+    shutil.copytree(TINY, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["upsampler.bias"][:] = float("nan")
+    save_file(weights, broken / "model.safetensors")
+    done = subprocess.run([sys.executable, "-m", "lrm", str(ROOT / "examples" / "cone.png"), "--model", str(broken),
+                           "--out", str(tmp_path / "out"), "--mesh-resolution", "24", "--views", "2"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "not finite (NaN or inf)" in done.stdout and "threshold" not in done.stdout
+    assert not (tmp_path / "out" / "cone.mp4").exists()
+
+
+def test_cli_names_are_safe_and_distinct(tmp_path):
+    """Same stems (cone.png / cone.jpg, a/x.png / b/x.png), a long name, a newline, a leading dot: every input gets
+    its own files, each name safe in every file format (the OBJ finds its texture) and said on its line."""
+    src = tmp_path / "in"
+    for folder in ("a", "b"):
+        (src / folder).mkdir(parents=True)
+    image = Image.open(ROOT / "examples" / "cone.png")
+    names = ["cone.png", "cone.jpg", "a/x.png", "b/x.png", "y" * 244 + ".png", "two\nlines.png", ".png"]
+    for name in names:
+        image.convert("RGB").save(src / name, format="JPEG" if name.endswith("jpg") else "PNG")
+    files = [str(src / n) for n in names]
+    done = subprocess.run([sys.executable, "-m", "lrm", *files, "--model", str(TINY), "--out", str(tmp_path / "out"),
+                           "--mesh-resolution", "24", "--no-video", "--texture-size", "64"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    objs = sorted(p.name for p in (tmp_path / "out").glob("*.obj"))
+    assert len(objs) == len(names) and "cone.obj" in objs and "cone-2.obj" in objs and "x-2.obj" in objs
+    assert "png.obj" in objs and not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert max(len(p.name.encode()) for p in (tmp_path / "out").iterdir()) <= 64 + len("_texture.png")
+    assert "named cone-2: cone is" in done.stdout and "named x-2: x is" in done.stdout
+    for obj in (tmp_path / "out").glob("*.obj"):
+        assert trimesh.load(obj, force="mesh").visual.kind == "texture", obj.name  # its mtllib line is intact
