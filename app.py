@@ -116,13 +116,7 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
                           api_name="preprocess", concurrency_limit=2, concurrency_id="preprocess")
         run.success(h.generate, [pre, c["model"], *(c[field] for field in CONTROLS.values())], outputs,
                     api_name="generate", show_progress_on=[vid], concurrency_limit=runner.concurrency)
-        for button, viewer in zip(downloads, [m3d, None, None, vid]):
-            if viewer:
-                button.change(shown_with_viewer, [button, viewer], [button, viewer], api_visibility="private",
-                              queue=False, show_progress="hidden")
-            else:
-                button.change(shown_if_set, [button], [button], api_visibility="private", queue=False,
-                              show_progress="hidden")
+        _show_when_set(downloads, [m3d, None, None, vid])
         c["model"].change(h.on_model_change, [c["model"]], [c[k] for k in MODEL_SETTINGS], api_visibility="private")
         if examples := sorted(EXAMPLES_DIR.glob("*.png")):
             gr.Examples([[str(p)] for p in examples], inputs=[inp], outputs=[pre] + outputs, fn=h.example,
@@ -132,6 +126,17 @@ def build_demo(models: list[str] | None = None, device: str | None = None, *, de
         demo.unload(h.unload)
     demo.handlers = h
     return demo
+
+
+def _show_when_set(downloads: list, viewers: list) -> None:
+    """Each download button shows once it has a file (with its viewer, where it has one)."""
+    for button, viewer in zip(downloads, viewers):
+        if viewer:
+            button.change(shown_with_viewer, [button, viewer], [button, viewer], api_visibility="private",
+                          queue=False, show_progress="hidden")
+        else:
+            button.change(shown_if_set, [button], [button], api_visibility="private", queue=False,
+                          show_progress="hidden")
 
 
 def launch(demo: gr.Blocks, **kwargs):

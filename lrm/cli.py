@@ -17,33 +17,38 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 JOB = JobOptions()  # the defaults
 
 
+# The job's flags: (flag, JobOptions field, type, help). Each default is the field's own.
+NUMBERS = [
+    ("--mesh-resolution", "mesh_resolution", int,
+     "marching-cubes grid size, 0 = no mesh [default: the model's; 384 for the released models]"),
+    ("--threshold", "threshold", float, "density level of the surface [default: the model's, 3.0]"),
+    ("--faces", "faces", int,
+     "the GLB / OBJ asset's triangles after decimation, 0 = every marching-cubes triangle [default: %(default)s]"),
+    ("--texture-size", "texture_size", int,
+     "side of its baked texture (a power of two), 0 = vertex colours [default: %(default)s]"),
+    ("--views", "n_views", int, "frames in the orbit video [default: %(default)s]"),
+    ("--fps", "fps", int, "video frame rate [default: %(default)s]"),
+    ("--video-size", "video_size", int, "video frame size [default: the model's render size]"),
+    ("--foreground-ratio", "foreground_ratio", float,
+     "object size relative to the image side after recentring [default: the model's; 0.85 for the released models, "
+     "0.6 for lrm-demo-shapes]"),
+    ("--source-distance", "source_distance", float, "input camera distance [default: the model's, 2.0]"),
+]
+FLAGS = {field: flag for flag, field, _, _ in NUMBERS} | {"remove_background": "--no-rembg"}
+
+
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of a job (`lrm.JobOptions`) and --debug."""
     p.add_argument("--formats", default=",".join(JOB.formats),
                    help=f"mesh formats, comma separated (any of {', '.join(MESH_FORMATS)}) [default: %(default)s]")
-    p.add_argument("--mesh-resolution", type=int, default=JOB.mesh_resolution,
-                   help="marching-cubes grid size, 0 = no mesh [default: the model's; 384 for the released models]")
-    p.add_argument("--threshold", type=float, default=JOB.threshold,
-                   help="density level of the surface [default: the model's, 3.0]")
-    p.add_argument("--faces", type=int, default=JOB.faces,
-                   help="the GLB / OBJ asset's triangles after decimation, 0 = every marching-cubes triangle "
-                   "[default: %(default)s]")
-    p.add_argument("--texture-size", type=int, default=JOB.texture_size,
-                   help="side of its baked texture (a power of two), 0 = vertex colours [default: %(default)s]")
+    for flag, field, kind, text in NUMBERS:
+        p.add_argument(flag, dest=field, type=kind, default=getattr(JOB, field), help=text,
+                       metavar=flag[2:].upper().replace("-", "_"))
     p.add_argument("--keep-floaters", action="store_true",
                    help="keep small disconnected pieces (--faces 0 --texture-size 0 --keep-floaters: the dense mesh "
                    "as OpenLRM makes it; the PLY is always that)")
     p.add_argument("--video", action=argparse.BooleanOptionalAction, default=JOB.video, help="write the orbit video")
-    p.add_argument("--views", type=int, default=JOB.n_views, help="frames in the orbit video [default: %(default)s]")
-    p.add_argument("--fps", type=int, default=JOB.fps, help="video frame rate [default: %(default)s]")
-    p.add_argument("--video-size", type=int, default=JOB.video_size,
-                   help="video frame size [default: the model's render size]")
     p.add_argument("--no-rembg", action="store_true", help="do not remove the background (alpha is still used)")
-    p.add_argument("--foreground-ratio", type=float, default=JOB.foreground_ratio,
-                   help="object size relative to the image side after recentring [default: the model's; 0.85 for "
-                   "the released models, 0.6 for lrm-demo-shapes]")
-    p.add_argument("--source-distance", type=float, default=JOB.source_distance,
-                   help="input camera distance [default: the model's, 2.0]")
     p.add_argument("--precision", choices=PRECISIONS, default=JOB.precision,
                    help="autocast for the planes (encoder + transformer): bf16/fp16 use tensor cores on a GPU or AMX "
                    "on recent CPUs, at ~1%% deviation of the planes [default: fp32, the reference's arithmetic]")
@@ -52,19 +57,12 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
 
 
-# JobOptions' fields whose flag is not --<field with dashes>
-FLAGS = {"n_views": "--views", "remove_background": "--no-rembg"}
-
-
 def job_options(args: argparse.Namespace) -> JobOptions:
     """The job the command line describes; ValueError names a bad option by its flag."""
     try:
-        return JobOptions(remove_background=not args.no_rembg, foreground_ratio=args.foreground_ratio,
-                          source_distance=args.source_distance, mesh_resolution=args.mesh_resolution,
-                          threshold=args.threshold, formats=args.formats, faces=args.faces,
-                          texture_size=args.texture_size, keep_floaters=args.keep_floaters, video=args.video,
-                          n_views=args.views, fps=args.fps, video_size=args.video_size, mode=args.mode,
-                          precision=args.precision)
+        return JobOptions(remove_background=not args.no_rembg, formats=args.formats, keep_floaters=args.keep_floaters,
+                          video=args.video, mode=args.mode, precision=args.precision,
+                          **{field: getattr(args, field) for _, field, _, _ in NUMBERS})
     except ValueError as err:  # "video_size must be ..." -> "--video-size must be ..."
         name = re.match(r"\w*", str(err)).group()
         raise ValueError(FLAGS.get(name, "--" + name.replace("_", "-")) + str(err)[len(name):]) from None

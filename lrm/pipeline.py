@@ -191,6 +191,18 @@ def reconstruct(model: LRM, image: ImageInput, out_dir: str | Path | None = None
     return result
 
 
+def _planes(model: LRM, image: Image.Image, job: JobOptions) -> torch.Tensor:
+    """The triplanes of a preprocessed image; FieldError when they are not finite (no threshold's fault: no mesh or
+    video can come of them)."""
+    with torch.inference_mode():
+        x = image_to_tensor(image, model.infer_defaults.source_size)
+        planes = model.forward_planes(x, source_camera(job.source_distance), precision=job.precision)
+    if not torch.isfinite(planes).all():
+        raise FieldError("the model's planes for this image are not finite (NaN or inf): the checkpoint's weights "
+                         f"may be damaged, or precision {job.precision} overflowed (try fp32)")
+    return planes
+
+
 def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None = None,
                       options: JobOptions | None = None, *, name: str = "model",
                       remover: BackgroundRemover | None = None, preprocessed: bool = False,
@@ -213,12 +225,8 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
             result.image.save(result.files["png"])
     yield "preprocess", result
 
-    with _stage(result, "planes", report), torch.inference_mode():
-        x = image_to_tensor(result.image, model.infer_defaults.source_size)
-        result.planes = model.forward_planes(x, source_camera(job.source_distance), precision=job.precision)
-        if not torch.isfinite(result.planes).all():  # (not a threshold's fault: no mesh or video can come of it)
-            raise FieldError("the model's planes for this image are not finite (NaN or inf): the checkpoint's weights "
-                             f"may be damaged, or precision {job.precision} overflowed (try fp32)")
+    with _stage(result, "planes", report):
+        result.planes = _planes(model, result.image, job)
     yield "planes", result
 
     prepared = None  # the field, made once and shared by the mesh, the asset and the video

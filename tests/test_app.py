@@ -24,7 +24,7 @@ import app
 import lrm
 from lrm.options import MODEL_SETTINGS
 
-from conftest import REFCHECK
+from conftest import REFCHECK, answers, wait_until
 
 TINY = str(REFCHECK / "refcheck-tiny-1.1" / "model")
 TINY_NAME = "local: refcheck-tiny-1.1/model"  # its name in the app's menu (no server path reaches a client)
@@ -73,14 +73,6 @@ def client_process(url, views, size):
                              str(size)], stdout=subprocess.PIPE, text=True)
     return proc, proc.stdout.readline().strip()
 
-
-def wait_until(condition, timeout=15.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 def test_full_run_over_the_api(server, tmp_path):
@@ -430,7 +422,7 @@ def test_main_starts_offline_serves_and_leaves_nothing_behind(tmp_path):
                              "--model", "./no-such-dir", "--model", TINY], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     try:
-        assert wait_until(lambda: _answers(f"http://127.0.0.1:{port}/"), timeout=90)
+        assert wait_until(lambda: answers(f"http://127.0.0.1:{port}/"), timeout=90)
         assert not (tmp / "openlrm-demo" / str(dead)).exists()
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.85, api_name="/preprocess")
@@ -439,7 +431,7 @@ def test_main_starts_offline_serves_and_leaves_nothing_behind(tmp_path):
         ours = tmp / "openlrm-demo" / str(proc.pid)
         assert any((ours / "sessions").rglob("cone.glb")) and any((ours / "gradio").rglob("cone_input.png"))
         time.sleep(3)  # the share attempt runs after the local URL
-        assert proc.poll() is None and _answers(f"http://127.0.0.1:{port}/")
+        assert proc.poll() is None and answers(f"http://127.0.0.1:{port}/")
     finally:
         proc.terminate()  # SIGTERM
         output = proc.communicate(timeout=30)[0]
@@ -460,12 +452,6 @@ def _alive(pid):
         pass
     return True
 
-
-def _answers(url):
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import trimesh
 from PIL import Image
 from pyarrow.fs import FileSelector
 
+from conftest import processes
+
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = ["--model", "lrm-demo-shapes", "--mesh-resolution", "64", "--views", "4", "--video-size", "64",
          "--faces", "3000", "--texture-size", "256"]
@@ -25,17 +27,6 @@ def batch(*args, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "lrm.batch", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=timeout)
 
-
-def processes(text: str) -> list[int]:
-    """Ids of the processes whose command line (Ray sets its workers' titles there) holds `text`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                found.append(int(entry.name))
-        except OSError:
-            pass
-    return found
 
 
 def manifest(out: Path) -> list[dict]:
@@ -109,7 +100,7 @@ def test_a_killed_actor_loses_nothing(tmp_path):
         while time.time() < end and not killed and proc.poll() is None:
             actors = processes("Reconstructor")
             if actors and any(out.rglob("*_input.png")):  # the actor is at work on an image
-                os.kill(actors[0], signal.SIGKILL)
+                os.kill(min(actors), signal.SIGKILL)
                 killed = True
             time.sleep(0.2)
         output = proc.communicate(timeout=300)[0]
@@ -166,7 +157,6 @@ def test_outputs_manifest_and_lock_on_an_object_store(bucket):
 
     import lrm
     from lrm.batch import LOCK, BatchError, Lock, Manifest, Reconstructor, complete, made_from, preprocess_row
-    from lrm.cli import Input
     job = lrm.JobOptions(mesh_resolution=48, n_views=2, video_size=32, faces=2000, texture_size=256).for_model(
         lrm.model_defaults(lrm.DEMO_MODEL))
     rows = [preprocess_row({"input": str(ROOT / "examples" / f"{n}.png"), "name": name}, job)

@@ -55,11 +55,17 @@ def test_cuda_matches_the_reference(name):
     assert rel_l2(grid, cpu_grid) <= 1e-4
 
 
-def test_cuda_fast_field_matches_the_reference_field():
+@pytest.fixture(scope="module")
+def demo_input():
+    """The demo model on the GPU and the three_parts example's image tensor there."""
     model = lrm.load_model(lrm.DEMO_MODEL, device="cuda")
     image = lrm.preprocess(REFCHECK.parent.parent.parent / "examples" / "three_parts.png",
                            foreground_ratio=model.infer_defaults.foreground_ratio)
-    x = lrm.image_to_tensor(image, model.infer_defaults.source_size).cuda()
+    return model, lrm.image_to_tensor(image, model.infer_defaults.source_size).cuda()
+
+
+def test_cuda_fast_field_matches_the_reference_field(demo_input):
+    model, x = demo_input
     with torch.inference_mode():
         planes = model.forward_planes(x, lrm.source_camera().cuda())
     fast, ref = lrm.FastField(model, planes), lrm.ReferenceField(model, planes)
@@ -72,12 +78,9 @@ def test_cuda_fast_field_matches_the_reference_field():
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_cuda_half_precision_planes(precision):
+def test_cuda_half_precision_planes(precision, demo_input):
     """Autocast on the GPU's tensor cores: planes within 3 % of fp32, the same pictures to >= 35 dB."""
-    model = lrm.load_model(lrm.DEMO_MODEL, device="cuda")
-    image = lrm.preprocess(REFCHECK.parent.parent.parent / "examples" / "three_parts.png",
-                           foreground_ratio=model.infer_defaults.foreground_ratio)
-    x = lrm.image_to_tensor(image, model.infer_defaults.source_size).cuda()
+    model, x = demo_input
     with torch.inference_mode():
         exact = model.forward_planes(x, lrm.source_camera().cuda())
         half = model.forward_planes(x, lrm.source_camera().cuda(), precision=precision)

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import trimesh
 from gradio_client import Client, handle_file
@@ -16,7 +15,7 @@ from gradio_client import Client, handle_file
 import lrm
 from lrm.serving import JobRequest, LocalRunner
 
-from conftest import REFCHECK
+from conftest import answers, processes, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CONE = (ROOT / "examples" / "cone.png").read_bytes()
@@ -28,24 +27,6 @@ def request(options=SMALL):
     return JobRequest(lrm.DEMO_MODEL, CONE, options, "cone", preprocessed=False)
 
 
-def processes(text: str) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                found.add(int(entry.name))
-        except OSError:
-            pass
-    return found
-
-
-def wait_until(condition, timeout=30.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 def check_stream(events):
@@ -155,7 +136,7 @@ def test_the_app_on_serve_replicas_and_a_clean_exit(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        assert wait_until(lambda: _answers(url), timeout=90)
+        assert wait_until(lambda: answers(url), timeout=90)
         clients = [Client(url, verbose=False) for _ in range(2)]
         pre = clients[0].predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.6, api_name="/preprocess")
         jobs = [c.submit(handle_file(pre), "lrm-demo-shapes", 2.0, 64, 3.0, True, 8, 8, 64, api_name="/generate")
@@ -169,12 +150,6 @@ def test_the_app_on_serve_replicas_and_a_clean_exit(tmp_path):
     assert proc.returncode == 0 and "Traceback" not in output, output[-3000:]
     assert wait_until(lambda: not (processes("raylet") - before) and not processes("ServeReplica:openlrm-demo"))
 
-
-def _answers(url):
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.mark.slow
@@ -197,7 +172,7 @@ def test_joining_a_running_cluster_with_token_authentication(tmp_path):
                                 stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{app_port}/"
         try:
-            assert wait_until(lambda: _answers(url), timeout=90)
+            assert wait_until(lambda: answers(url), timeout=90)
             client = Client(url, verbose=False)
             pre = client.predict(handle_file(str(ROOT / "examples" / "cone.png")), True, 0.6, api_name="/preprocess")
             result = client.predict(handle_file(pre), "lrm-demo-shapes", 2.0, 64, 3.0, False, 8, 8, 64,
