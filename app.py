@@ -154,7 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="[default: first free port from 7860]")
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
-    p.add_argument("--queue-size", type=int, default=20, help="waiting jobs before new ones are refused")
+    p.add_argument("--queue-size", type=int, default=20,
+                   help="waiting jobs before new ones are refused [default: %(default)s]")
     p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
                    help=f"refuse larger uploads [default: {MAX_UPLOAD_MB}]")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
@@ -164,7 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpus-per-replica", type=float, default=None,
                    help="with --serve: GPUs per replica [default: 1 with --device cuda, else 0: CPU threads]")
     p.add_argument("--threads-per-replica", type=int, default=None,
-                   help="with --serve: CPU threads per replica [default: the cores / replicas]")
+                   help="with --serve: CPU threads per replica [default: on a local cluster, this machine's cores / "
+                   "replicas; 1 on a joined cluster or with GPUs]")
     return p.parse_args(argv)
 
 

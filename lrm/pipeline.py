@@ -92,15 +92,16 @@ class TooLargeError(ValueError):
     """A job that cannot fit the memory this machine (or its GPU) has."""
 
 
-def memory_needed(job: JobOptions, model: LRM) -> dict[str, int]:
-    """The estimated peak bytes of a job (its options filled in) per stage, besides the process and the weights."""
+def memory_needed(job: JobOptions, model: LRM, writes: bool = True) -> dict[str, int]:
+    """The estimated peak bytes of a job (its options filled in) per stage, besides the process and the weights.
+    `writes`: whether it writes files (a job without an output folder makes no video)."""
     from .model import POINT_CHUNK, RENDER_CHUNK
     c, g = model.config.triplane_dim, job.mesh_resolution or 0
     decoder = DECODER_BYTES * c * (POINT_CHUNK if job.mode == "reference" else 2 ** 18)
     need = {"mesh": GRID_BYTES[job.mode] * g ** 3 + FACE_BYTES * FACES_PER_G2 * g ** 2 + decoder if g else 0}
     if g and {"glb", "obj"} & set(job.formats) and job.texture_size:
         need["texture"] = need["mesh"] // 4 + TEXEL_BYTES * job.texture_size ** 2
-    if job.video:
+    if job.video and writes:
         need["video"] = PIXEL_BYTES * job.video_size ** 2 + (DECODER_BYTES * c * RENDER_CHUNK if job.mode ==
                                                               "reference" else 0)
     return need
@@ -124,15 +125,15 @@ def memory_available(device) -> int:
     return total
 
 
-def check_memory(job: JobOptions, model: LRM) -> None:
+def check_memory(job: JobOptions, model: LRM, writes: bool = True) -> None:
     """Refuse a job whose estimated peak memory exceeds what this machine (or GPU) has, saying what to lower."""
-    need = memory_needed(job, model)
+    need = memory_needed(job, model, writes)
     stage = max(need, key=need.get) if need else None
     total = sum(p.numel() * p.element_size() for p in model.parameters()) + (
         BASE_BYTES if model.device.type == "cpu" else 0) + (need[stage] if stage else 0)
     have = memory_available(model.device)
     if total > have:
-        lower = {"mesh": "mesh_resolution", "texture": "texture_size", "video": "video_size"}[stage]
+        lower = {"mesh": "the mesh resolution", "texture": "the texture size", "video": "the video's frame size"}[stage]
         raise TooLargeError(f"this job needs about {total / 2 ** 30:.1f} GB of memory, most of it for the {stage} "
                             f"({need[stage] / 2 ** 30:.1f} GB), and this machine has {have / 2 ** 30:.1f} GB; "
                             f"lower {lower}")
@@ -210,7 +211,7 @@ def reconstruct_steps(model: LRM, image: ImageInput, out_dir: str | Path | None 
     """`reconstruct`, yielding (stage, partial result) after each finished stage, so callers can show the mesh
     before the video is done."""
     job = (options or JobOptions()).for_model(model.infer_defaults)
-    check_memory(job, model)
+    check_memory(job, model, writes=out_dir is not None)
     names = output_names(name, job)
     report = progress or (lambda stage, fraction: None)
     out = Path(out_dir) if out_dir is not None else None

@@ -105,8 +105,9 @@ class ServeRunner:
         have = ray.cluster_resources().get("GPU", 0)
         if self.gpus and have < self.gpus * self.concurrency:
             self.close()
-            raise ServeError(f"{self.concurrency} replicas of {self.gpus:g} GPUs each need {self.gpus * self.concurrency:g} "
-                             f"GPUs, but the cluster has {have:g}; leave --gpus-per-replica out to run on CPUs.")
+            raise ServeError(f"{self.concurrency} replicas of {self.gpus:g} GPUs each need "
+                             f"{self.gpus * self.concurrency:g} GPUs, but the cluster has {have:g}; leave "
+                             "--gpus-per-replica out to run on CPUs.")
         threading.Thread(target=self._deploy, name="serve-deploy", daemon=True).start()
 
     def _deploy(self) -> None:

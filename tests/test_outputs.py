@@ -517,7 +517,7 @@ def test_cli_one_input_fails_alone_whatever_the_error(tmp_path, capsys, monkeypa
     monkeypatch.setattr(lrm.pipeline, "memory_available", lambda device: 2 ** 30)  # a 1 GB machine
     code = cli.main([inputs[1], "--model", str(TINY), "--out", str(tmp_path / "big"), "--mesh-resolution", "1024"])
     out = capsys.readouterr().out
-    assert code == 1 and "needs about" in out and "this machine has 1.0 GB; lower mesh_resolution" in out
+    assert code == 1 and "needs about" in out and "this machine has 1.0 GB; lower the mesh resolution" in out
     assert not (tmp_path / "big" / "torus.ply").exists()
 
 
