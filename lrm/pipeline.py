@@ -57,7 +57,10 @@ class Reconstruction:
 def describe_error(err: BaseException) -> str:
     """One line for a job that failed, for its user: a ValueError / OSError says itself (the image, an option, the
     disk); running out of memory says what to lower; anything else is named as unexpected."""
-    text = " ".join(str(err).split())
+    if isinstance(err, OSError) and err.strerror:  # no server paths: the file's name only
+        text = err.strerror + (f": {Path(err.filename).name}" if err.filename else "")
+    else:  # (the first paragraph: tools such as imageio's ffmpeg writer append their command line and log)
+        text = " ".join(str(err).split("\n\n")[0].split())
     if isinstance(err, MemoryError) or "out of memory" in text.lower() or "tried to allocate" in text.lower():
         return ("out of memory: lower the mesh resolution, the video's frame size or the texture size, or use a "
                 "smaller model")

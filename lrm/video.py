@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,11 @@ def render_video(field: Field, path: str | Path, n_views: int = N_VIEWS, fps: in
             rgb = field.render(cameras, size, progress=report)["rgb"]
             for frame in to_uint8(rgb):
                 writer.append_data(frame)
-    finally:
         writer.close()
+    except OSError as err:  # ffmpeg has gone (killed, or the disk is full): its log is no news for the user
+        raise OSError(f"the video encoder (ffmpeg) stopped while writing {path.name}: "
+                      f"{str(err).splitlines()[0]}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            writer.close()  # (again, after an error: closing twice is a no-op)
     return path

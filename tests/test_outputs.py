@@ -1,8 +1,11 @@
 """Outputs: preprocessing of every image kind, mesh files (GLB/OBJ/PLY), the MP4, the one-call job and the CLI."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -21,7 +24,7 @@ from lrm.pipeline import JobOptions, reconstruct
 from lrm.preprocess import BackgroundRemover, ImageError, grabcut_foreground, preprocess
 from lrm.video import render_video, video_cameras
 
-from conftest import REFCHECK
+from conftest import REFCHECK, processes
 
 TINY = REFCHECK / "refcheck-tiny-1.1" / "model"
 ROOT = REFCHECK.parent.parent.parent
@@ -559,3 +562,28 @@ def test_cli_names_are_safe_and_distinct(tmp_path):
     assert "named cone-2: cone is" in done.stdout and "named x-2: x is" in done.stdout
     for obj in (tmp_path / "out").glob("*.obj"):
         assert trimesh.load(obj, force="mesh").visual.kind == "texture", obj.name  # its mtllib line is intact
+
+
+def test_a_video_encoder_that_dies_is_one_clear_line(tmp_path):
+    """ffmpeg killed mid-video (as when its worker's machine runs out of memory): an OSError naming the encoder and the
+    file, without the encoder's command line or any server path, and no encoder process left behind."""
+    from lrm.pipeline import describe_error
+
+    class Field:  # grey frames; the encoder is killed after the first chunk
+        infer_defaults = lrm.config.InferDefaults(video_size=32)
+        calls = 0
+
+        def render(self, cameras, size, progress=None):
+            Field.calls += 1
+            if Field.calls == 2:
+                for pid in processes("ffmpeg") & set(map(int, os.popen(f"pgrep -P {os.getpid()}").read().split())):
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.5)
+            return {"rgb": torch.full((len(cameras), 3, size, size), 0.5)}
+
+    with pytest.raises(OSError) as caught:
+        render_video(Field(), tmp_path / "cone.mp4", 400, 25)
+    message = describe_error(caught.value)
+    assert message.startswith("the video encoder (ffmpeg) stopped while writing cone.mp4:"), message
+    assert "FFMPEG" not in message and "/" not in message.split(":", 1)[1], message
+    assert not processes("ffmpeg") & set(map(int, os.popen(f"pgrep -P {os.getpid()}").read().split()))
