@@ -2,7 +2,7 @@
 
     python app.py [--model ID_OR_PATH ...] [--device cpu|cuda] [--host H] [--port P] [--share] [--auth user:pass]
                   [--queue-size N] [--max-upload-mb MB] [--offline]
-                  [--serve [ADDRESS] --replicas N [--gpus-per-replica G] [--threads-per-replica T]]
+                  [--serve [ADDRESS] [--replicas N|MIN-MAX] [--gpus-per-replica G] [--threads-per-replica T]]
 
 `build_demo()` returns the `gr.Blocks` without launching it; `main()` parses the flags and launches. The jobs run away
 from the web server (`lrm.serving`): in a model worker process, on Ray Serve replicas (--serve), or on ZeroGPU in the
@@ -161,7 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--serve", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the jobs on Ray Serve replicas: on a local cluster, or on the one at ADDRESS")
-    p.add_argument("--replicas", type=int, default=1, help="with --serve: model replicas (jobs at once) [default: 1]")
+    p.add_argument("--replicas", default="1", metavar="N|MIN-MAX",
+                   help="with --serve: model replicas (jobs at once), or a range to autoscale in [default: 1]")
     p.add_argument("--gpus-per-replica", type=float, default=None,
                    help="with --serve: GPUs per replica [default: 1 with --device cuda, else 0: CPU threads]")
     p.add_argument("--threads-per-replica", type=int, default=None,
@@ -174,9 +175,9 @@ def make_runner(args: argparse.Namespace, device: str, warm: str | None):
     """The runner the flags ask for: Ray Serve (--serve), the `spaces.GPU` function on ZeroGPU, else a worker
     process."""
     if args.serve:
-        from lrm.serve import ServeRunner
+        from lrm.serve import ServeRunner, parse_replicas
         gpus = args.gpus_per_replica if args.gpus_per_replica is not None else float(device == "cuda")
-        return ServeRunner(None if args.serve == "local" else args.serve, args.replicas, gpus,
+        return ServeRunner(None if args.serve == "local" else args.serve, parse_replicas(args.replicas), gpus,
                            args.threads_per_replica, warm)
     if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"):
         return InProcessRunner(device, gpu)

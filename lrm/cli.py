@@ -10,18 +10,22 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from .config import InferDefaults
 from .options import MESH_FORMATS, MODES, PRECISIONS, JobOptions
 from .pipeline import output_stem
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"}
 JOB = JobOptions()  # the defaults
+RELEASED = InferDefaults()  # the released models' own settings (where a job leaves them unset)
 
 
 # The job's flags: (flag, JobOptions field, type, help). Each default is the field's own.
 NUMBERS = [
     ("--mesh-resolution", "mesh_resolution", int,
-     "marching-cubes grid size, 0 = no mesh [default: the model's; 384 for the released models]"),
-    ("--threshold", "threshold", float, "density level of the surface [default: the model's, 3.0]"),
+     f"marching-cubes grid size, 0 = no mesh [default: the model's; {RELEASED.mesh_resolution} for the released "
+     "models]"),
+    ("--threshold", "threshold", float,
+     f"density level of the surface [default: the model's; {RELEASED.threshold:g} for the released models]"),
     ("--faces", "faces", int,
      "the GLB / OBJ asset's triangles after decimation, 0 = every marching-cubes triangle [default: %(default)s]"),
     ("--texture-size", "texture_size", int,
@@ -30,9 +34,10 @@ NUMBERS = [
     ("--fps", "fps", int, "video frame rate [default: %(default)s]"),
     ("--video-size", "video_size", int, "video frame size [default: the model's render size]"),
     ("--foreground-ratio", "foreground_ratio", float,
-     "object size relative to the image side after recentring [default: the model's; 0.85 for the released models, "
-     "0.6 for lrm-demo-shapes]"),
-    ("--source-distance", "source_distance", float, "input camera distance [default: the model's, 2.0]"),
+     "object size relative to the image side after recentring [default: the model's; "
+     f"{RELEASED.foreground_ratio:g} for the released models]"),
+    ("--source-distance", "source_distance", float,
+     f"input camera distance [default: the model's; {RELEASED.source_distance:g} for the released models]"),
 ]
 FLAGS = {field: flag for flag, field, _, _ in NUMBERS} | {"remove_background": "--no-rembg"}
 

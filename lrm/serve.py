@@ -3,8 +3,9 @@ local cluster of its own) or on a running cluster (`ray start --head`, KubeRay).
 
 Serve's own parts do the work: a deployment of N replicas that each load the model once (`ModelReplica`), deployment
 handles that stream each job's events back by reference (files too, so they reach the front end from any machine),
-`max_ongoing_requests=1` (one job per replica; the rest wait in the caller's router), health checks that restart a
-dead replica. Serve does not cancel a running sync generator nor retry a request whose replica died: a small actor
+`max_ongoing_requests=1` (one job per replica; the rest wait in the caller's router), Serve's autoscaling between a
+least and a most number of replicas (`--replicas 1-4`: a replica more while jobs wait, one less after idle minutes),
+health checks that restart a dead replica. Serve does not cancel a running sync generator nor retry a request whose replica died: a small actor
 holds the cancelled jobs' ids for the replicas to look up, and a dead replica's job ends with an error that says so.
 """
 
@@ -20,6 +21,18 @@ from typing import Callable, Iterator
 from .serving import CRASHED, Event, JobRequest, ModelWorker
 
 APP = "openlrm-demo"
+# Autoscaling (--replicas MIN-MAX): add a replica once jobs have waited this long; remove one after this long with
+# fewer jobs than replicas (a replica's start loads the model and compiles the renderer: keep it for a while).
+UPSCALE_DELAY_S, DOWNSCALE_DELAY_S = 3.0, 600.0
+
+
+def parse_replicas(text: str) -> tuple[int, int]:
+    """--replicas' value: "N" (that many) or "MIN-MAX" (autoscaling between them) -> (least, most)."""
+    least, sep, most = text.partition("-")
+    try:
+        return (int(least), int(most)) if sep else (int(least), int(least))
+    except ValueError:
+        raise ServeError(f"--replicas takes a number or a range MIN-MAX (e.g. 1-4), got {text!r}") from None
 
 
 class ServeError(ValueError):
@@ -84,15 +97,18 @@ class ServeRunner:
     sized to this machine is started (and stopped by `close`); with one, the deployment joins it and `close` removes
     the deployment only. `start()` connects and checks at once (ServeError), and deploys in the background."""
 
-    def __init__(self, address: str | None = None, replicas: int = 1, gpus_per_replica: float = 0.0,
+    def __init__(self, address: str | None = None, replicas: int | tuple[int, int] = 1, gpus_per_replica: float = 0.0,
                  threads_per_replica: int | None = None, warm: str | None = None):
-        if replicas < 1:
-            raise ServeError(f"--replicas must be at least 1, got {replicas}")
+        least, most = (replicas, replicas) if isinstance(replicas, int) else replicas
+        if least < 1 or most < least:
+            raise ServeError(f"--replicas must be at least 1 (and a range MIN-MAX with MIN <= MAX), got "
+                             f"{least if least == most else f'{least}-{most}'}")
         if gpus_per_replica < 0:
             raise ServeError(f"--gpus-per-replica must be 0 or more, got {gpus_per_replica}")
-        self.address, self.concurrency, self.gpus, self.warm = address, replicas, gpus_per_replica, warm
+        self.address, self.least, self.gpus, self.warm = address, least, gpus_per_replica, warm
+        self.concurrency = most  # jobs at once: the most replicas (beyond the running ones, they wait as they scale up)
         self.threads = threads_per_replica or (1 if gpus_per_replica or address else
-                                               max(1, (os.cpu_count() or 1) // replicas))
+                                               max(1, (os.cpu_count() or 1) // most))
         self.ready = threading.Event()
         self.failed: str | None = None
         self.owned = False
@@ -103,11 +119,10 @@ class ServeRunner:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.owned = _connect(self.address, max(os.cpu_count() or 1, self.concurrency * self.threads), root)
         have = ray.cluster_resources().get("GPU", 0)
-        if self.gpus and have < self.gpus * self.concurrency:
+        if self.gpus and have < self.gpus * self.least:
             self.close()
-            raise ServeError(f"{self.concurrency} replicas of {self.gpus:g} GPUs each need "
-                             f"{self.gpus * self.concurrency:g} GPUs, but the cluster has {have:g}; leave "
-                             "--gpus-per-replica out to run on CPUs.")
+            raise ServeError(f"{self.least} replicas of {self.gpus:g} GPUs each need {self.gpus * self.least:g} "
+                             f"GPUs, but the cluster has {have:g}; leave --gpus-per-replica out to run on CPUs.")
         threading.Thread(target=self._deploy, name="serve-deploy", daemon=True).start()
 
     def _deploy(self) -> None:
@@ -118,9 +133,12 @@ class ServeRunner:
             serve.start(proxy_location="Disabled")  # no HTTP proxy: the Gradio process is the only caller
             self.cancellations = ray.remote(num_cpus=0)(Cancellations).remote()
             options = {"num_gpus": self.gpus, "num_cpus": 1} if self.gpus else {"num_cpus": self.threads}
-            deployment = serve.deployment(ModelReplica, name="ModelReplica", num_replicas=self.concurrency,
-                                          max_ongoing_requests=1, health_check_period_s=2,
-                                          ray_actor_options=options)
+            scaling = {"num_replicas": self.least} if self.least == self.concurrency else {"autoscaling_config": {
+                "min_replicas": self.least, "initial_replicas": self.least, "max_replicas": self.concurrency,
+                "target_ongoing_requests": 1, "upscale_delay_s": UPSCALE_DELAY_S,
+                "downscale_delay_s": DOWNSCALE_DELAY_S}}
+            deployment = serve.deployment(ModelReplica, name="ModelReplica", max_ongoing_requests=1,
+                                          health_check_period_s=2, ray_actor_options=options, **scaling)
             device = "cuda" if self.gpus else "cpu"
             serve.run(deployment.bind(device, self.threads, self.warm, self.cancellations), name=APP,
                       route_prefix=None)

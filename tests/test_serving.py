@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -75,16 +76,27 @@ def test_the_local_worker_streams_stops_and_survives_a_crash():
 
 
 def test_serve_replicas_on_a_local_cluster():
-    """Two replicas of the deployment on a local Ray cluster: jobs stream their stages from them, a job can be
-    stopped, replicas killed mid-job fail that job with a clear error and Serve's new ones serve the next; closing
-    stops the cluster this process started."""
+    """The deployment on a local Ray cluster, autoscaling between 1 and 2 replicas: jobs stream their stages from
+    them, a second job at once makes Serve add a replica, a job can be stopped, replicas killed mid-job fail that job
+    with a clear error and Serve's new ones serve the next; closing stops the cluster this process started."""
     from lrm.serve import ServeRunner
     before = processes("raylet")
-    runner = ServeRunner(None, replicas=2, threads_per_replica=1, warm=lrm.DEMO_MODEL)
+    runner = ServeRunner(None, replicas=(1, 2), threads_per_replica=1, warm=lrm.DEMO_MODEL)
     runner.start()
     try:
         events = list(runner.submit(request()))
         check_stream([e for e in events if e.kind != "waiting"])
+        assert len(processes("ServeReplica:openlrm-demo")) == 1 and runner.concurrency == 2
+        enough, ended = threading.Event(), []
+        jobs = [threading.Thread(target=lambda: ended.append(list(runner.submit(
+            request(LONG), stop=lambda: "enough" if enough.is_set() else None))[-1])) for _ in range(2)]
+        for job in jobs:
+            job.start()
+        scaled = wait_until(lambda: len(processes("ServeReplica:openlrm-demo")) == 2, timeout=120)
+        enough.set()
+        for job in jobs:
+            job.join(timeout=120)
+        assert scaled and len(ended) == 2 and all(e.reason == "cancelled" and e.message == "enough" for e in ended)
         start = time.time()
         events = list(runner.submit(request(LONG), stop=lambda: "gone" if time.time() - start > 3 else None))
         assert events[-1].reason == "cancelled" and events[-1].message == "gone" and time.time() - start < 30
@@ -114,6 +126,12 @@ def test_serve_flags_that_cannot_work_are_said_at_once():
     assert time.time() - start < 30 and "Traceback" not in done.stderr
     done = run_app("--serve", "--replicas", "0")
     assert done.returncode == 2 and "--replicas must be at least 1" in done.stderr
+    from lrm.serve import ServeError, ServeRunner, parse_replicas  # (the same path, without starting the app again)
+    assert parse_replicas("2") == (2, 2) and parse_replicas("1-4") == (1, 4)
+    with pytest.raises(ServeError, match=r"MIN <= MAX\), got 3-2"):
+        ServeRunner(None, parse_replicas("3-2"))
+    with pytest.raises(ServeError, match="--replicas takes a number or a range MIN-MAX"):
+        parse_replicas("many")
     done = run_app("--serve", "--gpus-per-replica", "1", timeout=120)
     assert done.returncode == 2 and "GPUs, but the cluster has 0" in done.stderr and "Traceback" not in done.stderr
 
