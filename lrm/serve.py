@@ -5,8 +5,9 @@ Serve's own parts do the work: a deployment of N replicas that each load the mod
 handles that stream each job's events back by reference (files too, so they reach the front end from any machine),
 `max_ongoing_requests=1` (one job per replica; the rest wait in the caller's router), Serve's autoscaling between a
 least and a most number of replicas (`--replicas 1-4`: a replica more while jobs wait, one less after idle minutes),
-health checks that restart a dead replica. Serve does not cancel a running sync generator nor retry a request whose replica died: a small actor
-holds the cancelled jobs' ids for the replicas to look up, and a dead replica's job ends with an error that says so.
+health checks that restart a dead replica. Serve does not cancel a running sync generator nor retry a request whose
+replica died: a small actor holds the cancelled jobs' ids for the replicas to look up, and a dead replica's job ends
+with an error that says so.
 """
 
 from __future__ import annotations

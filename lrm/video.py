@@ -36,6 +36,17 @@ def video_writer(path: str | Path, fps: int):
                               macro_block_size=2, ffmpeg_log_level="error", ffmpeg_params=["-movflags", "+faststart"])
 
 
+@contextlib.contextmanager
+def _encoder(path: Path):
+    """An encoder call's error as one line naming the encoder and the file (ffmpeg gone: killed, or the disk full),
+    without ffmpeg's command line and log."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(f"the video encoder (ffmpeg) stopped while writing {path.name}: "
+                      f"{str(err).splitlines()[0]}") from None
+
+
 def render_video(field: Field, path: str | Path, n_views: int = N_VIEWS, fps: int = FPS, size: int | None = None, *,
                  batch_views: int = 4, progress: Progress | None = None) -> Path:
     """Render `n_views` frames of the orbit of a field (`lrm.FastField` or `lrm.ReferenceField`) at size x size
@@ -55,12 +66,11 @@ def render_video(field: Field, path: str | Path, n_views: int = N_VIEWS, fps: in
             cameras = video_cameras(n_views, start=start, stop=start + batch_views)
             rgb = field.render(cameras, size, progress=report)["rgb"]
             for frame in to_uint8(rgb):
-                writer.append_data(frame)
-        writer.close()
-    except OSError as err:  # ffmpeg has gone (killed, or the disk is full): its log is no news for the user
-        raise OSError(f"the video encoder (ffmpeg) stopped while writing {path.name}: "
-                      f"{str(err).splitlines()[0]}") from None
+                with _encoder(path):
+                    writer.append_data(frame)
+        with _encoder(path):
+            writer.close()
     finally:
         with contextlib.suppress(OSError):
-            writer.close()  # (again, after an error: closing twice is a no-op)
+            writer.close()  # (after an error; closing twice is a no-op)
     return path

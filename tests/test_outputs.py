@@ -569,6 +569,9 @@ def test_a_video_encoder_that_dies_is_one_clear_line(tmp_path):
     file, without the encoder's command line or any server path, and no encoder process left behind."""
     from lrm.pipeline import describe_error
 
+    def encoders() -> set[int]:  # this process's ffmpeg children
+        return processes("ffmpeg") & set(map(int, os.popen(f"pgrep -P {os.getpid()}").read().split()))
+
     class Field:  # grey frames; the encoder is killed after the first chunk
         infer_defaults = lrm.config.InferDefaults(video_size=32)
         calls = 0
@@ -576,7 +579,7 @@ def test_a_video_encoder_that_dies_is_one_clear_line(tmp_path):
         def render(self, cameras, size, progress=None):
             Field.calls += 1
             if Field.calls == 2:
-                for pid in processes("ffmpeg") & set(map(int, os.popen(f"pgrep -P {os.getpid()}").read().split())):
+                for pid in encoders():
                     os.kill(pid, signal.SIGKILL)
                 time.sleep(0.5)
             return {"rgb": torch.full((len(cameras), 3, size, size), 0.5)}
@@ -586,4 +589,4 @@ def test_a_video_encoder_that_dies_is_one_clear_line(tmp_path):
     message = describe_error(caught.value)
     assert message.startswith("the video encoder (ffmpeg) stopped while writing cone.mp4:"), message
     assert "FFMPEG" not in message and "/" not in message.split(":", 1)[1], message
-    assert not processes("ffmpeg") & set(map(int, os.popen(f"pgrep -P {os.getpid()}").read().split()))
+    assert not encoders()

@@ -202,7 +202,8 @@ def test_joining_a_running_cluster_with_token_authentication(tmp_path):
         assert proc.returncode == 0, output[-3000:]
         status = subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(address="
                                  f"'{address}', logging_level='ERROR'); print(serve.status().applications)"],
-                                capture_output=True, text=True, timeout=120, env=dict(os.environ, RAY_AUTH_MODE="token"))
+                                capture_output=True, text=True, timeout=120,
+                                env=dict(os.environ, RAY_AUTH_MODE="token"))
         assert status.returncode == 0 and "openlrm-demo" not in status.stdout, status.stderr[-2000:]
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
